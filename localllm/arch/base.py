@@ -1,0 +1,118 @@
+"""What every architecture shares: the hyperparameters read from `<arch>.*` GGUF keys (with
+llama.cpp's defaults) and weights bound by their exact GGUF tensor names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ..backend.base import Backend
+from ..errors import GGUFError, UnsupportedModelError
+from ..gguf_file import GGUFFile
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    n_vocab: int
+    n_ctx_train: int
+    dim: int            # embedding_length
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim_k: int
+    head_dim_v: int
+    ffn_dim: int
+    n_rot: int          # rope.dimension_count: leading dims of each head that are rotated
+    rope_base: float
+    rope_freq_scale: float  # 1/factor for linear rope scaling, else 1
+    norm_eps: float
+
+
+def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = meta.get(key, default)
+    if value is None:
+        raise GGUFError(f"missing metadata key {key}")
+    if isinstance(value, np.ndarray):  # per-layer arrays: only uniform ones are supported here
+        if value.size == 0 or np.any(value != value.flat[0]):
+            raise UnsupportedModelError(f"per-layer values for {key} are not supported")
+        value = value.flat[0]
+    return int(value)
+
+
+def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer_norm_rms_epsilon") -> ModelConfig:
+    """Common `<arch>.*` keys with llama.cpp's defaults (llama-model.cpp, load_hparams)."""
+    k = lambda name: f"{arch}.{name}"  # noqa: E731
+    dim = _int(meta, k("embedding_length"))
+    n_heads = _int(meta, k("attention.head_count"))
+    if n_heads <= 0 or dim <= 0:
+        raise GGUFError(f"invalid shape in metadata: embedding_length={dim}, head_count={n_heads}")
+    head_k = _int(meta, k("attention.key_length"), dim // n_heads)
+    tokens = meta.get("tokenizer.ggml.tokens")
+    scaling = meta.get(k("rope.scaling.type"), "none")
+    factor = float(meta.get(k("rope.scaling.factor"), 0.0) or 0.0)
+    freq_scale = 1.0 / factor if scaling == "linear" and factor > 0 else 1.0
+    if scaling not in ("none", "linear"):
+        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported yet")
+    return ModelConfig(
+        arch=arch,
+        n_vocab=_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None),
+        n_ctx_train=_int(meta, k("context_length"), 2048),
+        dim=dim,
+        n_layers=_int(meta, k("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=_int(meta, k("attention.head_count_kv"), n_heads),
+        head_dim_k=head_k,
+        head_dim_v=_int(meta, k("attention.value_length"), dim // n_heads),
+        ffn_dim=_int(meta, k("feed_forward_length")),
+        n_rot=_int(meta, k("rope.dimension_count"), head_k),
+        rope_base=float(meta.get(k("rope.freq_base"), 10000.0)),
+        rope_freq_scale=freq_scale,
+        norm_eps=float(meta.get(k(eps_key), 1e-5)),
+    )
+
+
+class Model:
+    """Base of the architecture classes: binds GGUF tensors by name through the backend.
+    Subclasses list `GLOBAL_TENSORS`, `LAYER_TENSORS` (with `{}` for the block index) and
+    `OPTIONAL` names, and implement `forward`."""
+
+    GLOBAL_TENSORS: tuple[str, ...] = ()
+    LAYER_TENSORS: tuple[str, ...] = ()
+    OPTIONAL: frozenset[str] = frozenset()
+
+    def __init__(self, gguf: GGUFFile, cfg: ModelConfig, backend: Backend) -> None:
+        self.cfg, self.ops = cfg, backend
+        self.weights: dict[str, Any] = {}
+        names = list(self.GLOBAL_TENSORS) + [n.format(i) for i in range(cfg.n_layers) for n in self.LAYER_TENSORS]
+        for name in names:
+            tensor = gguf.tensors.get(name)
+            if tensor is None:
+                if name in self.OPTIONAL:
+                    continue
+                raise GGUFError(f"{gguf.path}: missing tensor {name!r} required by architecture {cfg.arch}")
+            reason = backend.decline_reason(tensor)
+            if reason:
+                raise UnsupportedModelError(f"{name}: {reason}")
+            self.weights[name] = backend.upload(tensor)
+        self.layers = [self._layer(i) for i in range(cfg.n_layers)]
+
+    def _layer(self, i: int) -> SimpleNamespace:
+        """blk.i.attn_q.weight -> layers[i].attn_q (attribute named like the GGUF tensor)."""
+        prefix = f"blk.{i}."
+        return SimpleNamespace(**{name[len(prefix):].removesuffix(".weight"): w
+                                  for name, w in self.weights.items() if name.startswith(prefix)})
+
+    def w(self, name: str) -> Any:
+        return self.weights.get(name + ".weight")
+
+    def output_weight(self) -> Any:
+        """The output projection, tied to the embedding table when the file has none."""
+        out = self.w("output")
+        return out if out is not None else self.w("token_embd")
+
+    def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
+        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
+        raise NotImplementedError

@@ -132,7 +132,7 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: unsupported GGUF version {self.version} (expected 2 or 3)")
         n_tensors, n_kv = cur.unpack("Q"), cur.unpack("Q")
         if n_tensors > size // 24 or n_kv > size // 12:
-            raise GGUFError(f"{self.path}: corrupt GGUF header ({n_tensors} tensors, {n_kv} keys in {size} bytes)")
+            raise GGUFError(f"{self.path}: truncated or corrupt GGUF header ({n_tensors} tensors, {n_kv} keys in {size} bytes)")
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string()

@@ -1,0 +1,215 @@
+"""The Python API: `load()` returns an `LLM` that tokenizes, scores, generates and chats.
+
+Library manners: logging only (silent by default), nothing written to stdout, a lock so a GUI's
+worker thread and another thread cannot interleave on one KV cache."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arch import model_class
+from .backend import get_backend
+from .errors import ContextOverflowError, LocalLLMError
+from .generator import Sequence, Stats, StopStringFilter, generate_ids
+from .gguf_file import GGUFFile
+from .sampler import Sampler, SamplingParams
+from .tokenizer import StreamDecoder, Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KV_BUDGET = 1 << 30  # bytes of KV cache the default context may use (LOCALLLM_KV_BUDGET)
+
+
+def kv_bytes_per_token(cfg) -> int:
+    """float16 K and V for every layer."""
+    return cfg.n_layers * cfg.n_kv_heads * (cfg.head_dim_k + cfg.head_dim_v) * 2
+
+
+def default_n_ctx(cfg, budget: int) -> int:
+    """The trained context, capped so the KV cache fits the budget (never below 256 tokens)."""
+    fit = max(budget // kv_bytes_per_token(cfg), 256)
+    return int(min(cfg.n_ctx_train, fit))
+
+
+class LLM:
+    """A loaded model. Create with `localllm.load`."""
+
+    def __init__(self, gguf: GGUFFile, tokenizer: Tokenizer, model=None, backend=None, n_ctx: int = 0,
+                 kv_budget: int = DEFAULT_KV_BUDGET, chat_template: str | None = None) -> None:
+        self.gguf, self.tokenizer, self.model, self.backend = gguf, tokenizer, model, backend
+        self.path = Path(gguf.path)
+        self.n_ctx, self.kv_budget = n_ctx, kv_budget
+        self._chat_template_override = chat_template
+        self._lock = threading.RLock()
+        self._seq: Sequence | None = None
+        self.last_stats: dict[str, Any] = {}
+
+    # --- tokens -----------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self.tokenizer.n_vocab
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Token ids; BOS is added only if `add_bos` and the model's metadata asks for it."""
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: list[int], special: bool = True) -> str:
+        return self.tokenizer.decode(ids, special=special)
+
+    # --- scoring ----------------------------------------------------------------------------
+    def _need_model(self) -> None:
+        if self.model is None:
+            raise LocalLLMError(f"{self.path.name} was loaded with vocab_only=True: it has no weights to run")
+
+    def _sequence(self) -> Sequence:
+        if self._seq is None:
+            c = self.model.cfg
+            cache = self.backend.new_kv_cache(c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+            self._seq = Sequence(self.model, cache)
+        return self._seq
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """float32 [len(ids), n_vocab]: teacher-forced logits over a fresh context."""
+        self._need_model()
+        with self._lock:
+            seq = self._sequence()
+            seq.cache.trim(0)
+            return seq.eval_prompt(list(ids), Stats(), all_logits=True)
+
+    def reset(self) -> None:
+        """Forget the cached conversation."""
+        with self._lock:
+            if self._seq is not None:
+                self._seq.cache.trim(0)
+
+    # --- generation -------------------------------------------------------------------------
+    def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 seed: int | None = None, stop: list[str] | str | None = None,
+                 add_bos: bool = True) -> Iterator[str]:
+        """Stream text pieces of a raw completion (no chat template). A text prompt is tokenized
+        with special tokens parsed; token ids are used as given. max_tokens < 0: until the context
+        is full. Never splits a UTF-8 character; `last_stats` is set when the iterator ends."""
+        self._need_model()
+        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
+        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return self._stream(ids, params, max_tokens, stops)
+
+    def _stream(self, ids: list[int], params: SamplingParams, max_tokens: int, stops: list[str]) -> Iterator[str]:
+        if len(ids) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt is {len(ids)} tokens but the context holds {self.n_ctx} (no room to generate)")
+        stats = Stats()
+        with self._lock:
+            seq = self._sequence()
+            decoder, stopper = StreamDecoder(self.tokenizer), StopStringFilter(stops)
+            tokens = generate_ids(seq, ids, Sampler(params), max_tokens, self.tokenizer.eog_ids, stats)
+            try:
+                for tok in tokens:
+                    piece = stopper.push(decoder.feed(tok))
+                    if piece:
+                        yield piece
+                    if stopper.stopped:
+                        stats.stop_reason = "stop"
+                        break
+                if not stopper.stopped:
+                    tail = stopper.push(decoder.flush()) + ("" if stopper.stopped else stopper.flush())
+                    if tail:
+                        yield tail
+            except GeneratorExit:
+                stats.stop_reason = "cancelled"
+                raise
+            finally:
+                tokens.close()
+                self.last_stats = stats.as_dict()
+
+    def chat(self, messages: list[dict], max_tokens: int = -1, add_generation_prompt: bool = True,
+             **kwargs: Any) -> Iterator[str]:
+        """Like `generate`, on the conversation rendered by the model's chat template. A turn that
+        extends the previous conversation re-evaluates only the new tokens (see last_stats)."""
+        self._need_model()
+        ids = self.tokenize(self.apply_chat_template(messages, add_generation_prompt), add_bos=True)
+        if self.tokenizer.bos_id is not None and ids[:2] == [self.tokenizer.bos_id] * 2:
+            ids = ids[1:]  # the template wrote BOS itself; don't double it
+        gen_keys = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed"}
+        params = SamplingParams(**{k: v for k, v in kwargs.items() if k in gen_keys})
+        stop = kwargs.get("stop")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return self._stream(ids, params, max_tokens, stops)
+
+    @property
+    def chat_template(self) -> str:
+        from .chat_template import template_for
+        return template_for(self.gguf.metadata, self._chat_template_override)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **variables: Any) -> str:
+        from .chat_template import render_chat_template
+        tok = self.tokenizer
+        special = {"bos_token": tok.token_to_piece(tok.bos_id).decode("utf-8", "replace") if tok.bos_id is not None else "",
+                   "eos_token": tok.token_to_piece(tok.eos_id).decode("utf-8", "replace") if tok.eos_id is not None else ""}
+        return render_chat_template(self.chat_template, messages, add_generation_prompt, **{**special, **variables})
+
+    # --- description ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        from collections import Counter
+        meta = self.gguf.metadata
+        d: dict[str, Any] = {
+            "path": str(self.path), "file_bytes": self.gguf.file_size, "gguf_version": self.gguf.version,
+            "architecture": self.gguf.architecture, "name": meta.get("general.name", ""),
+            "tokenizer": meta.get("tokenizer.ggml.model"), "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
+            "n_vocab": self.tokenizer.n_vocab, "bos_id": self.tokenizer.bos_id, "eos_id": self.tokenizer.eos_id,
+            "eog_ids": sorted(self.tokenizer.eog_ids),
+            "chat_template": "metadata" if self._chat_template_override is None and "tokenizer.chat_template" in meta
+                             else ("override" if self._chat_template_override else "built-in fallback"),
+            "tensor_types": dict(Counter(t.type.name for t in self.gguf.tensors.values())),
+            "n_params": int(sum(t.n_elements for t in self.gguf.tensors.values())),
+        }
+        if self.model is not None:
+            cfg = self.model.cfg
+            d.update({"config": dict(cfg.__dict__), "backend": self.backend.name, "n_ctx": self.n_ctx,
+                      "n_ctx_train": cfg.n_ctx_train, "kv_budget_bytes": self.kv_budget,
+                      "kv_bytes_per_token": kv_bytes_per_token(cfg),
+                      "kv_cache_bytes": kv_bytes_per_token(cfg) * self.n_ctx,
+                      "tensors_run_as": {n: getattr(self.backend, "runs_as", lambda t: t.type.name)(t)
+                                         for n, t in self.gguf.tensors.items()}})
+        return d
+
+    def close(self) -> None:
+        with self._lock:
+            self._seq = None
+            self.model = None
+            self.gguf.close()
+
+
+def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
+         threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
+         kv_budget: int | None = None) -> LLM:
+    """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
+
+    n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
+    cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template."""
+    from .models import resolve_model
+
+    path = resolve_model(str(path_or_name))
+    gguf = GGUFFile(path)
+    arch = gguf.architecture
+    tokenizer = Tokenizer.from_metadata(gguf.metadata)
+    if vocab_only:
+        return LLM(gguf, tokenizer, chat_template=chat_template)
+    cls = model_class(arch)
+    cfg = cls.config(gguf.metadata)
+    be = get_backend(backend, threads=threads)
+    model = cls(gguf, cfg, be)
+    budget = kv_budget if kv_budget is not None else int(os.environ.get("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET))
+    if n_ctx is not None and n_ctx <= 0:
+        raise LocalLLMError(f"n_ctx must be positive, got {n_ctx}")
+    ctx = n_ctx if n_ctx is not None else default_n_ctx(cfg, budget)
+    log.info("loaded %s (%s, %d layers) on %s, n_ctx=%d", path.name, arch, cfg.n_layers, be.name, ctx)
+    return LLM(gguf, tokenizer, model, be, ctx, budget, chat_template)

@@ -1,0 +1,105 @@
+"""The interactive chat of `localllm run`: streaming replies, history, slash commands.
+Ctrl-C stops the current answer; Ctrl-C at the prompt (or EOF) exits. Works with a piped stdin."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+HELP = """commands:
+  /clear            forget the conversation
+  /regen            answer the last message again
+  /read FILE        send the contents of FILE as your message
+  /set PARAM VALUE  temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens
+  /exit             quit"""
+
+PARAMS = {"temp": ("temperature", float), "temperature": ("temperature", float), "top_k": ("top_k", int),
+          "top_p": ("top_p", float), "min_p": ("min_p", float), "repeat_penalty": ("repeat_penalty", float),
+          "seed": ("seed", int), "max_tokens": ("max_tokens", int), "n": ("max_tokens", int)}
+
+
+class ChatSession:
+    def __init__(self, llm, system: str | None, max_tokens: int, stop: list[str], sampling: dict) -> None:
+        self.llm, self.system, self.stop = llm, system, stop
+        self.settings = dict(sampling, max_tokens=max_tokens)
+        self.history: list[dict] = []
+        self.interactive = sys.stdin.isatty()
+
+    def _messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def loop(self) -> None:
+        if self.interactive:
+            click.echo(f"localllm: chatting with {self.llm.path.name}. /help for commands, Ctrl-C or /exit to quit.",
+                       err=True)
+        while True:
+            try:
+                line = input("> " if self.interactive else "")
+            except (EOFError, KeyboardInterrupt):
+                click.echo("", err=True)
+                return
+            if not line.strip():
+                continue
+            if line.startswith("/"):
+                if self.command(line.strip()) == "exit":
+                    return
+                continue
+            self.history.append({"role": "user", "content": line})
+            self.reply()
+
+    def command(self, line: str) -> str | None:
+        cmd, _, arg = line.partition(" ")
+        if cmd in ("/exit", "/quit", "/bye"):
+            return "exit"
+        if cmd == "/clear":
+            self.history.clear()
+            self.llm.reset()
+            click.echo("(conversation cleared)", err=True)
+        elif cmd == "/regen":
+            if self.history and self.history[-1]["role"] == "assistant":
+                self.history.pop()
+            if self.history:
+                self.reply()
+        elif cmd == "/read":
+            try:
+                text = Path(arg.strip()).expanduser().read_text(errors="replace")
+            except OSError as e:
+                click.echo(f"error: cannot read {arg.strip()!r}: {e.strerror}", err=True)
+                return None
+            self.history.append({"role": "user", "content": text})
+            self.reply()
+        elif cmd == "/set":
+            self.set_param(arg)
+        else:
+            click.echo(HELP, err=True)
+        return None
+
+    def set_param(self, arg: str) -> None:
+        name, _, value = arg.strip().partition(" ")
+        if name not in PARAMS:
+            click.echo(f"error: unknown parameter {name!r} (one of: {', '.join(sorted(PARAMS))})", err=True)
+            return
+        key, kind = PARAMS[name]
+        try:
+            self.settings[key] = kind(value.strip())
+        except ValueError:
+            click.echo(f"error: {name} needs a {kind.__name__} value, got {value.strip()!r}", err=True)
+            return
+        click.echo(f"({key} = {self.settings[key]})", err=True)
+
+    def reply(self) -> None:
+        parts: list[str] = []
+        try:
+            for piece in self.llm.chat(self._messages(), stop=self.stop, **self.settings):
+                parts.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            click.echo("\n(stopped)", err=True)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        self.history.append({"role": "assistant", "content": "".join(parts)})
+        s = self.llm.last_stats
+        click.echo(f"[{s.get('generated_tokens', 0)} tokens, {s.get('gen_tps', 0):.1f} tok/s, "
+                   f"prompt {s.get('evaluated_tokens', 0)} new + {s.get('cached_tokens', 0)} cached]", err=True)

@@ -1,0 +1,172 @@
+"""`localllm` command line: run (chat or raw completion), info, pull, list, tokenize.
+
+Every foreseen failure prints one line on stderr and exits non-zero; -v shows library logs."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import LocalLLMError
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _guard(fn):
+    """One clear line instead of a traceback; -v shows the traceback for unexpected errors."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LocalLLMError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            sys.exit(130)
+        except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001: last line of defence, still one line
+            if logging.getLogger("localllm").isEnabledFor(logging.DEBUG):
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} (run with -v for details)")
+    return wrapper
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-vv for debug).")
+@click.version_option(package_name="localllm")
+def main(verbose: int) -> None:
+    """Run GGUF language models locally."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+SAMPLING = [
+    click.option("--temp", "temperature", type=float, default=0.8, show_default=True, help="0 = greedy"),
+    click.option("--top-k", type=int, default=40, show_default=True),
+    click.option("--top-p", type=float, default=0.95, show_default=True),
+    click.option("--min-p", type=float, default=0.05, show_default=True),
+    click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
+    click.option("--seed", type=int, default=None, help="Reproducible sampling."),
+]
+
+
+def sampling_options(fn):
+    for opt in reversed(SAMPLING):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.argument("model")
+@click.option("-p", "--prompt", default=None, help="Raw completion of TEXT (no chat template), printed to stdout.")
+@click.option("-n", "--n-predict", "max_tokens", type=int, default=None, help="Tokens to generate (-1: until done).")
+@click.option("-s", "--system", default=None, help="System prompt for the chat.")
+@click.option("-c", "--ctx-size", "n_ctx", type=int, default=None, help="Context length (default: trained, capped by memory).")
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("--backend", default="cpu", show_default=True)
+@click.option("--chat-template", "chat_template_file", type=click.Path(dir_okay=False), default=None,
+              help="Jinja file replacing the model's chat template.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@sampling_options
+@_guard
+def run(model, prompt, max_tokens, system, n_ctx, threads, backend, chat_template_file, stop, **sampling):
+    """Chat with MODEL (a .gguf path or a catalog name), or complete -p TEXT."""
+    from . import load
+    template = Path(chat_template_file).read_text() if chat_template_file else None
+    llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template)
+    if prompt is not None:
+        _complete(llm, prompt, -1 if max_tokens is None else max_tokens, list(stop), sampling)
+    else:
+        from .chat_cli import ChatSession
+        ChatSession(llm, system, -1 if max_tokens is None else max_tokens, list(stop), sampling).loop()
+
+
+def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict) -> None:
+    for piece in llm.generate(prompt, max_tokens=max_tokens, stop=stop, **sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = llm.last_stats
+    click.echo(f"prompt: {s['evaluated_tokens']} tokens, {s['prompt_tps']:.1f} tok/s | "
+               f"generated: {s['generated_tokens']} tokens, {s['gen_tps']:.1f} tok/s | stop: {s['stop_reason']}",
+               err=True)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tensors", is_flag=True, help="List every tensor and what it runs as.")
+@_guard
+def info(model, as_json, tensors):
+    """Describe MODEL: architecture, shapes, tokenizer, context and memory."""
+    from . import load
+    llm = load(model)
+    d = llm.info()
+    if not tensors:
+        d.pop("tensors_run_as", None)
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=str))
+        return
+    for key, value in d.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.argument("name")
+@_guard
+def pull(name):
+    """Fetch catalog model NAME into the cache."""
+    from .models import pull as do_pull
+    path = do_pull(name, progress=True)
+    click.echo(str(path))
+
+
+@main.command(name="list")
+@_guard
+def list_cmd():
+    """Catalog models and whether they are cached."""
+    from .models import list_models
+    for m in list_models():
+        mark = "cached" if m["cached"] else "-"
+        click.echo(f"{m['name']:<16} {m['size'] / 2**20:8.1f} MiB  {mark:<7} {m['description']}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("text")
+@click.option("--ids", is_flag=True, help="Print only the ids.")
+@click.option("--no-bos", is_flag=True, help="Never add BOS.")
+@click.option("--no-special", is_flag=True, help="Treat special-token text literally.")
+@_guard
+def tokenize(model, text, ids, no_bos, no_special):
+    """Tokenize TEXT with MODEL's vocabulary."""
+    from . import load
+    llm = load(model, vocab_only=True)
+    toks = llm.tokenize(text, add_bos=not no_bos, special=not no_special)
+    if ids:
+        click.echo(" ".join(map(str, toks)))
+        return
+    for t in toks:
+        click.echo(f"{t:>7} {llm.tokenizer.token_to_piece(t)!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The Numba kernels against the numpy reference (gguf dequantize + float32 math), on every
+instruction-set path this machine can run (the portable one always), then the NumbaBackend on the
+real models against llama.cpp's logits.
+
+Error budgets. The r8 matmul's only approximation is rounding activations to Q8_0 (weights are
+re-encoded exactly), so per output |y - x @ w.T| <= sum_j |w_j| * d_x(j) / 2 with d_x the
+activation's block scale; we assert that bound (plus float32 summation slack of 1e-4 of
+sum_j |x_j w_j|). Against the same quantized activations computed in float64, every path must
+agree to 1e-5 relative. Float kernels: 1e-5 relative to the reference (2e-3 for float16 inputs)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+from localllm.backend.numba_cpu import NumbaBackend
+from localllm.backend.numpy_ref import NumpyBackend
+from localllm.gguf_file import Tensor
+from localllm.kernels import ops
+from localllm.kernels.isa import AVX2, PORTABLE, VNNI, available_isas
+from localllm.kernels.qmatmul import mul_r8
+from localllm.kernels.quant import QK, R8_TYPES as PACKED, dequantize_r8, quantize_q8_0, repack_r8
+from localllm.models.synthetic import quantize_q4_k, quantize_q6_k
+
+from conftest import assert_close_to_llama_cpp, closeness
+
+R8_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K]
+ISAS = [PORTABLE, AVX2, VNNI]
+SHAPES = [(1, 37, 96), (5, 8, 32), (3, 67, 256), (9, 16, 544)]   # (T, rows, cols): odd rows, k % 256 != 0
+
+
+def _isa(isa: str) -> str:
+    if isa not in available_isas():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    return isa
+
+
+def _encode(w: np.ndarray, qtype: QT) -> np.ndarray:
+    """float32 [n, k] -> raw GGUF rows uint8 [n, row_bytes]."""
+    if qtype == QT.Q4_K:
+        return quantize_q4_k(w).reshape(w.shape[0], -1)
+    if qtype == QT.Q6_K:
+        return quantize_q6_k(w).reshape(w.shape[0], -1)
+    return quantize(w, qtype).reshape(w.shape[0], -1)
+
+
+def _tensor(qtype: QT, n: int, k: int, seed: int = 0) -> Tensor:
+    w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
+    return Tensor("w", qtype, (n, k), np.ascontiguousarray(_encode(w, qtype)))
+
+
+def _quantized(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    T, k = x.shape
+    q, d, s = np.empty((T, k), np.int8), np.empty((T, k // QK), np.float32), np.empty((T, k // QK), np.float32)
+    quantize_q8_0(x, q, d, s)
+    return q, d, s
+
+
+# --- quantization and layout -----------------------------------------------------------------
+@pytest.mark.parametrize("qtype", R8_TYPES, ids=lambda t: t.name)
+def test_repack_is_exact(qtype):
+    t = _tensor(qtype, 37, 256)
+    ref = dequantize(t.data, qtype).reshape(t.shape)
+    rows = np.array([0, 5, 8, 36, 17])
+    np.testing.assert_array_equal(dequantize_r8(repack_r8(t.data, qtype), rows), ref[rows])
+
+
+def test_quantize_q8_0_matches_ggml():
+    """d = fp16(amax/127); q = round-half-even(x * 127/amax), as ggml's AVX quantize_row_q8_0."""
+    x = np.random.default_rng(1).standard_normal((3, 128)).astype(np.float32)
+    x[1, :32] = 0.0                                                        # an all-zero block
+    q, d, s = _quantized(x)
+    blocks = x.reshape(3, -1, QK)
+    amax = np.abs(blocks).max(-1)
+    np.testing.assert_array_equal(d, (amax / 127).astype(np.float16).astype(np.float32))
+    inv = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax > 0)
+    np.testing.assert_array_equal(q.reshape(3, -1, QK), np.rint(blocks * inv[..., None]))
+    np.testing.assert_allclose(s, 0.5 * d * q.reshape(3, -1, QK).sum(-1, dtype=np.float32), rtol=1e-6)
+
+
+# --- quantized matmul -----------------------------------------------------------------------
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", R8_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("T,n,k", SHAPES)
+def test_mul_r8(qtype, isa, T, n, k):
+    if qtype == QT.Q4_K and k % 256:
+        k = 256 * max(1, k // 256)
+    t = _tensor(qtype, n, k, seed=n + k)
+    w = dequantize(t.data, qtype).reshape(n, k)                              # [n, k] float32
+    x = np.random.default_rng(T).standard_normal((T, k)).astype(np.float32) * 3
+    q, d, s = _quantized(x)
+    y = mul_r8(repack_r8(t.data, qtype), q, d, s, _isa(isa))[:, :n]       # [T, n]
+    # the same Q8_0 activations, multiplied in float64
+    xq = (q.reshape(T, -1, QK) * d[..., None]).reshape(T, k).astype(np.float64)
+    assert np.all(np.abs(y - xq @ w.T.astype(np.float64)) <= 1e-5 * (np.abs(xq) @ np.abs(w.T)))
+    # against float32 activations: the Q8_0 rounding bound
+    budget = (np.repeat(d, QK, axis=1) / 2) @ np.abs(w.T) + 1e-4 * np.abs(x) @ np.abs(w.T)
+    assert np.all(np.abs(y - x @ w.T) <= budget)
+
+
+def test_mul_r8_rows_beyond_padding_are_zero():
+    t = _tensor(QT.Q4_0, 13, 64)
+    y = mul_r8(repack_r8(t.data, QT.Q4_0), *_quantized(np.ones((2, 64), np.float32)), available_isas()[-1])
+    assert y.shape == (2, 16) and np.all(y[:, 13:] == 0)
+
+
+# --- float kernels --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_mul_dense(dtype):
+    rng = np.random.default_rng(2)
+    w, x = rng.standard_normal((45, 70)).astype(dtype), rng.standard_normal((3, 70)).astype(np.float32)
+    y = np.empty((3, 45), np.float32)
+    ops.mul_dense(w.view(np.uint16) if dtype == np.float16 else w, x, y)
+    np.testing.assert_allclose(y, x @ w.astype(np.float32).T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def backends():
+    return NumbaBackend(), NumpyBackend()
+
+
+@pytest.mark.parametrize("qtype", [QT.F32, QT.F16, QT.Q6_K, QT.Q8_0, QT.Q4_1], ids=lambda t: t.name)
+def test_backend_matmul_and_get_rows(backends, qtype):
+    nb, ref = backends
+    t = _tensor(qtype, 24, 256, seed=3)
+    x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
+    wn, wr = nb.upload(t), ref.upload(t)
+    ids = np.array([3, 0, 23])
+    np.testing.assert_array_equal(nb.get_rows(wn, ids), ref.get_rows(wr, ids))
+    # Q8_0 activations cost ~1% of |x||w|; float paths only summation order
+    tol = 1e-2 if qtype in PACKED else 1e-5
+    assert np.all(np.abs(nb.matmul(x, wn) - ref.matmul(x, wr)) <= tol * (np.abs(x) @ np.abs(wr.f32.T)))
+    assert qtype.name in nb.runs_as(t)
+
+
+def test_rms_norm(backends):
+    nb, ref = backends
+    x = np.random.default_rng(5).standard_normal((3, 4, 40)).astype(np.float32)
+    w = np.random.default_rng(6).standard_normal(40).astype(np.float32)
+    np.testing.assert_allclose(nb.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n_rot", [64, 32])
+def test_rope(backends, neox, n_rot):
+    nb, ref = backends
+    x = np.random.default_rng(7).standard_normal((5, 3, 64)).astype(np.float32)
+    pos = np.arange(100, 105)
+    np.testing.assert_allclose(nb.rope(x, pos, n_rot, 10000.0, neox, 0.5), ref.rope(x, pos, n_rot, 10000.0, neox, 0.5),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["swiglu", "geglu"])
+def test_gated_activations(backends, op):
+    nb, ref = backends
+    g, u = np.random.default_rng(8).standard_normal((2, 2, 100)).astype(np.float32) * 4
+    np.testing.assert_allclose(getattr(nb, op)(g, u), getattr(ref, op)(g, u), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("H,KV", [(4, 4), (8, 2), (9, 3)])
+@pytest.mark.parametrize("window", [0, 3])
+@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 9), (6, 0), (5, 4)])
+def test_attention(backends, H, KV, window, T, pos0):
+    nb, ref = backends
+    rng = np.random.default_rng(H * 100 + T)
+    dk, dv, layer = 32, 16, 1
+    caches = [b.new_kv_cache(2, 16, KV, dk, dv) for b in (nb, ref)]
+    prior = rng.standard_normal((2, pos0, KV, dk)).astype(np.float16), rng.standard_normal((2, pos0, KV, dv))
+    for c in caches:                                                        # rows before pos0
+        c.k[layer, :pos0], c.v[layer, :pos0] = prior[0][0], prior[1][0]
+    q = rng.standard_normal((T, H, dk)).astype(np.float32)
+    k = rng.standard_normal((T, KV, dk)).astype(np.float32)
+    v = rng.standard_normal((T, KV, dv)).astype(np.float32)
+    got = nb.attention(q, k, v, caches[0], layer, pos0, 1 / math.sqrt(dk), window)
+    want = ref.attention(q, k, v, caches[1], layer, pos0, 1 / math.sqrt(dk), window)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(caches[0].k, caches[1].k)
+
+
+# --- models ---------------------------------------------------------------------------------
+def _model(path):
+    from localllm.arch import model_class
+    from localllm.gguf_file import GGUFFile
+
+    gguf = GGUFFile(path)
+    cls = model_class(gguf.architecture)
+    return cls(gguf, cls.config(gguf.metadata), NumbaBackend())
+
+
+def _logits_fn(model):
+    c = model.cfg
+
+    def logits(ids):
+        cache = model.ops.new_kv_cache(c.n_layers, len(ids), c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+        return model.forward(np.asarray(ids), cache, all_logits=True)
+    return logits
+
+
+@pytest.mark.parametrize("key,fixture", [("smollm2-135m-q4_1", "smollm2_path"), ("gemma3-270m-q4_k_m", "gemma3_path")])
+def test_model_close_to_llama_cpp(request, reference_dir, key, fixture):
+    fig = closeness(key, _logits_fn(_model(request.getfixturevalue(fixture))))
+    print(key, fig)
+    assert_close_to_llama_cpp(fig)
+
+
+def test_prefill_equals_decode(smollm2_path):
+    """T tokens in one forward give the logits of T single-token forwards: every kernel treats
+    activation rows independently, so they agree to float32 rounding."""
+    model = _model(smollm2_path)
+    c, ids = model.cfg, np.array([1, 504, 3458, 282, 253, 1345, 28, 12, 9000, 77])
+    cache = model.ops.new_kv_cache(c.n_layers, 16, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    prefill = model.forward(ids, cache, all_logits=True)
+    cache = model.ops.new_kv_cache(c.n_layers, 16, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    steps = []
+    for tok in ids:
+        steps.append(model.forward(np.array([tok]), cache)[0])
+        cache.tokens.append(int(tok))
+    np.testing.assert_allclose(np.stack(steps), prefill, atol=1e-3, rtol=0)

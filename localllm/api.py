@@ -18,7 +18,10 @@ from .backend import get_backend
 from .errors import ContextOverflowError, LocalLLMError
 from .generator import Sequence, Stats, StopStringFilter, generate_ids
 from .gguf_file import GGUFFile
+from .kv_cache import PrefixCache
 from .sampler import Sampler, SamplingParams
+from .session import load_session, model_fingerprint, save_session
+from .speculative import AdaptiveK, DraftModel, PromptLookup, speculative_ids
 from .tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ class LLM:
     """A loaded model. Create with `localllm.load`."""
 
     def __init__(self, gguf: GGUFFile, tokenizer: Tokenizer, model=None, backend=None, n_ctx: int = 0,
-                 kv_budget: int = DEFAULT_KV_BUDGET, chat_template: str | None = None) -> None:
+                 kv_budget: int = DEFAULT_KV_BUDGET, chat_template: str | None = None,
+                 prefix_cache_bytes: int = 0) -> None:
         self.gguf, self.tokenizer, self.model, self.backend = gguf, tokenizer, model, backend
         self.path = Path(gguf.path)
         self.n_ctx, self.kv_budget = n_ctx, kv_budget
@@ -49,6 +53,10 @@ class LLM:
         self._lock = threading.RLock()
         self._seq: Sequence | None = None
         self.last_stats: dict[str, Any] = {}
+        self.draft: LLM | None = None       # speculative decoding: a draft model, or
+        self.lookup = False                 # prompt-lookup drafting (n-grams of the context)
+        self.draft_k, self.spec_auto = 4, False
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
 
     # --- tokens -----------------------------------------------------------------------------
     @property
@@ -71,7 +79,7 @@ class LLM:
         if self._seq is None:
             c = self.model.cfg
             cache = self.backend.new_kv_cache(c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
-            self._seq = Sequence(self.model, cache)
+            self._seq = Sequence(self.model, cache, self.prefix_cache if hasattr(cache, "snapshot") else None)
         return self._seq
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -110,7 +118,7 @@ class LLM:
         with self._lock:
             seq = self._sequence()
             decoder, stopper = StreamDecoder(self.tokenizer), StopStringFilter(stops)
-            tokens = generate_ids(seq, ids, Sampler(params), max_tokens, self.tokenizer.eog_ids, stats)
+            tokens = self._token_stream(seq, ids, params, max_tokens, stats)
             try:
                 for tok in tokens:
                     piece = stopper.push(decoder.feed(tok))
@@ -130,14 +138,48 @@ class LLM:
                 tokens.close()
                 self.last_stats = stats.as_dict()
 
-    def chat(self, messages: list[dict], max_tokens: int = -1, add_generation_prompt: bool = True,
-             **kwargs: Any) -> Iterator[str]:
-        """Like `generate`, on the conversation rendered by the model's chat template. A turn that
-        extends the previous conversation re-evaluates only the new tokens (see last_stats)."""
-        self._need_model()
+    def _token_stream(self, seq: Sequence, ids: list[int], params: SamplingParams, max_tokens: int,
+                      stats: Stats) -> Iterator[int]:
+        sampler, eog = Sampler(params), self.tokenizer.eog_ids
+        if self.draft is None and not self.lookup:
+            return generate_ids(seq, ids, sampler, max_tokens, eog, stats)
+        if self.draft is not None:
+            draft_params = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + 1})
+            drafter = DraftModel(self.draft._sequence(), Sampler(draft_params))
+        else:
+            drafter = PromptLookup()
+        policy = AdaptiveK(self.draft_k, auto=self.spec_auto)
+        return speculative_ids(seq, drafter, ids, sampler, max_tokens, eog, stats, policy)
+
+    def chat_tokens(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         ids = self.tokenize(self.apply_chat_template(messages, add_generation_prompt), add_bos=True)
         if self.tokenizer.bos_id is not None and ids[:2] == [self.tokenizer.bos_id] * 2:
             ids = ids[1:]  # the template wrote BOS itself; don't double it
+        return ids
+
+    def fit_messages(self, messages: list[dict], reserve: int = 1) -> list[dict]:
+        """The context-overflow policy "drop_oldest": keep system messages and the last message,
+        drop the oldest other turns until the rendered prompt leaves `reserve` tokens free."""
+        msgs = list(messages)
+        while len(self.chat_tokens(msgs)) + reserve > self.n_ctx:
+            drop = next((i for i, m in enumerate(msgs[:-1]) if m.get("role") != "system"), None)
+            if drop is None:
+                break
+            del msgs[drop]
+        return msgs
+
+    def chat(self, messages: list[dict], max_tokens: int = -1, add_generation_prompt: bool = True,
+             overflow: str = "error", **kwargs: Any) -> Iterator[str]:
+        """Like `generate`, on the conversation rendered by the model's chat template. A turn that
+        extends the previous conversation re-evaluates only the new tokens (see last_stats).
+        overflow: "error" raises ContextOverflowError when the conversation does not fit;
+        "drop_oldest" drops the oldest turns (never the system prompt or the last message)."""
+        self._need_model()
+        if overflow not in ("error", "drop_oldest"):
+            raise LocalLLMError(f"overflow must be 'error' or 'drop_oldest', not {overflow!r}")
+        if overflow == "drop_oldest":
+            messages = self.fit_messages(messages, reserve=min(64, self.n_ctx // 4))
+        ids = self.chat_tokens(messages, add_generation_prompt)
         gen_keys = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed"}
         params = SamplingParams(**{k: v for k, v in kwargs.items() if k in gen_keys})
         stop = kwargs.get("stop")
@@ -155,6 +197,24 @@ class LLM:
         special = {"bos_token": tok.token_to_piece(tok.bos_id).decode("utf-8", "replace") if tok.bos_id is not None else "",
                    "eos_token": tok.token_to_piece(tok.eos_id).decode("utf-8", "replace") if tok.eos_id is not None else ""}
         return render_chat_template(self.chat_template, messages, add_generation_prompt, **{**special, **variables})
+
+    # --- sessions ---------------------------------------------------------------------------
+    def save_state(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+        """Write the conversation's tokens and KV cache (plus `extra`, e.g. chat messages)."""
+        self._need_model()
+        with self._lock:
+            state = self._sequence().cache.snapshot()
+            save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), extra or {})
+
+    def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Restore a state saved by `save_state` with this model; returns its `extra`."""
+        self._need_model()
+        with self._lock:
+            state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg))
+            if len(state.tokens) > self.n_ctx:
+                raise LocalLLMError(f"{path}: session holds {len(state.tokens)} tokens, context is {self.n_ctx}")
+            self._sequence().cache.restore(state)
+            return extra
 
     # --- description ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -190,11 +250,27 @@ class LLM:
 
 def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
          threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
-         kv_budget: int | None = None) -> LLM:
+         kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
+         draft_k: int = 4, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20) -> LLM:
     """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
-    cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template."""
+    cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template.
+    draft: a smaller model with the same vocabulary for speculative decoding; lookup: draft from
+    n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low.
+    prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off)."""
+    llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes)
+    if draft is not None:
+        llm.draft = _load_one(draft, backend, llm.n_ctx, threads, False, None, kv_budget, 0)
+        key = "tokenizer.ggml.tokens"
+        if llm.draft.gguf.metadata.get(key) != llm.gguf.metadata.get(key):
+            raise LocalLLMError(f"draft model {Path(str(draft)).name} has a different vocabulary from "
+                                f"{llm.path.name}: speculative decoding needs identical tokens")
+    llm.lookup, llm.draft_k, llm.spec_auto = lookup, draft_k, spec_auto
+    return llm
+
+
+def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes) -> LLM:
     from .models import resolve_model
 
     path = resolve_model(str(path_or_name))
@@ -212,4 +288,4 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
         raise LocalLLMError(f"n_ctx must be positive, got {n_ctx}")
     ctx = n_ctx if n_ctx is not None else default_n_ctx(cfg, budget)
     log.info("loaded %s (%s, %d layers) on %s, n_ctx=%d", path.name, arch, cfg.n_layers, be.name, ctx)
-    return LLM(gguf, tokenizer, model, be, ctx, budget, chat_template)
+    return LLM(gguf, tokenizer, model, be, ctx, budget, chat_template, prefix_cache_bytes)

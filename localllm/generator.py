@@ -39,8 +39,8 @@ class Stats:
 class Sequence:
     """One conversation's state: the model plus its KV cache (which owns the token history)."""
 
-    def __init__(self, model, cache) -> None:
-        self.model, self.cache = model, cache
+    def __init__(self, model, cache, prefix_cache=None) -> None:
+        self.model, self.cache, self.prefix_cache = model, cache, prefix_cache
 
     @property
     def n_ctx(self) -> int:
@@ -53,7 +53,7 @@ class Sequence:
             raise ContextOverflowError("empty prompt: nothing to evaluate")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx}")
-        keep = 0 if all_logits else min(self.cache.common_prefix(ids), len(ids) - 1)
+        keep = 0 if all_logits else min(self._reuse(ids), len(ids) - 1)
         self.cache.trim(keep)
         stats.prompt_tokens, stats.cached_tokens, stats.evaluated_tokens = len(ids), keep, len(ids) - keep
         t0 = time.perf_counter()
@@ -67,6 +67,20 @@ class Sequence:
                 outs.append(logits)
         stats.prompt_ms = (time.perf_counter() - t0) * 1e3
         return np.concatenate(outs) if all_logits else outs[-1][-1]
+
+    def _reuse(self, ids: list[int]) -> int:
+        """How many leading tokens of ids the cache can keep, after restoring the best saved
+        prefix if that beats what the cache holds (what it held is saved first)."""
+        keep = self.cache.common_prefix(ids)
+        if self.prefix_cache is None:
+            return keep
+        state, n = self.prefix_cache.best(ids)
+        if keep < self.cache.offset or n > keep:
+            self.prefix_cache.save(self.cache)
+        if n > keep:
+            self.cache.restore(state)
+            keep = n
+        return keep
 
     def step(self, token: int) -> np.ndarray:
         """Append one token; return the next-token logits [n_vocab]."""

@@ -27,16 +27,38 @@ class Sampler:
         self.rng = np.random.default_rng(params.seed)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        ids, probs = self.candidates(logits, history)
+        return int(ids[0]) if len(ids) == 1 else int(ids[self.rng.choice(len(ids), p=probs)])
+
+    def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens this sampler may draw and their probabilities (one token with p=1 when greedy)."""
         logits = np.asarray(logits, dtype=np.float32)          # [n_vocab]
         p = self.p
         if p.repeat_penalty != 1.0 and p.repeat_last_n != 0 and len(history):
-            logits = apply_repeat_penalty(logits, history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history,
-                                          p.repeat_penalty)
+            recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history
+            logits = apply_repeat_penalty(logits, recent, p.repeat_penalty)
         if p.temperature <= 0:
-            return int(np.argmax(logits))
+            return np.array([int(np.argmax(logits))]), np.ones(1)
         ids, vals = candidates(logits, p.top_k, p.top_p, p.min_p)
-        probs = softmax(vals / np.float32(p.temperature))
-        return int(ids[self.rng.choice(len(ids), p=probs)])
+        return ids, softmax(vals / np.float32(p.temperature))
+
+    def distribution(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
+        """The full-vocabulary distribution this sampler draws from: [n_vocab] float64."""
+        ids, probs = self.candidates(logits, history)
+        dense = np.zeros(len(logits), dtype=np.float64)
+        dense[ids] = probs
+        return dense
+
+    def draw(self, dist: np.ndarray) -> int:
+        """One token from a full-vocabulary distribution (argmax when it is one-hot)."""
+        nz = np.flatnonzero(dist)
+        if len(nz) == 1:
+            return int(nz[0])
+        return int(nz[self.rng.choice(len(nz), p=dist[nz] / dist[nz].sum())])
+
+    @property
+    def greedy(self) -> bool:
+        return self.p.temperature <= 0
 
 
 def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:

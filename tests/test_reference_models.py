@@ -9,12 +9,14 @@ from conftest import assert_close_to_llama_cpp, closeness, load_reference
 import localllm
 
 MODELS = [("smollm2-135m-q4_1", "smollm2_path"), ("gemma3-270m-q4_k_m", "gemma3_path")]
+BACKENDS = ["cpu", "numpy"]  # the SIMD backend and the float32 reference it is tested against
+PARAMS = [(m, b) for m in MODELS for b in BACKENDS]
 
 
-@pytest.fixture(scope="module", params=MODELS, ids=[m[0] for m in MODELS])
+@pytest.fixture(scope="module", params=PARAMS, ids=[f"{m[0]}-{b}" for m, b in PARAMS])
 def ref_model(request):
-    key, fixture = request.param
-    llm = localllm.load(request.getfixturevalue(fixture), n_ctx=1024)
+    (key, fixture), backend = request.param
+    llm = localllm.load(request.getfixturevalue(fixture), n_ctx=1024, backend=backend)
     yield key, llm
     llm.close()
 

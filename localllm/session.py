@@ -1,0 +1,71 @@
+"""Sessions on disk: a sequence's tokens and K/V rows, plus caller data (e.g. chat messages), in
+one versioned .npz written atomically and validated against the model on load."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LocalLLMError
+from .kv_cache import KVState
+
+FORMAT = "localllm-session"
+VERSION = 1
+
+
+class SessionError(LocalLLMError):
+    """A session file that cannot be used with this model."""
+
+
+def model_fingerprint(gguf, cfg) -> str:
+    """Identifies the weights closely enough to refuse another model's state without hashing
+    gigabytes: architecture, shapes, the tensor table, the vocabulary and the file's size."""
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.__dict__, sort_keys=True, default=str).encode())
+    for name, t in gguf.tensors.items():
+        h.update(f"{name}:{t.type.name}:{t.shape}".encode())
+    h.update("\n".join(gguf.metadata.get("tokenizer.ggml.tokens", [])[:4096]).encode())
+    h.update(str(gguf.file_size).encode())
+    return h.hexdigest()
+
+
+def save_session(path: str | os.PathLike[str], state: KVState, fingerprint: str, extra: dict[str, Any]) -> None:
+    path = Path(path)
+    header = {"format": FORMAT, "version": VERSION, "model": fingerprint, "n_tokens": len(state.tokens),
+              "extra": extra}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                     tokens=np.asarray(state.tokens, dtype=np.int32), k=state.k, v=state.v)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SessionError(f"cannot write session {path}: {e.strerror}") from None
+
+
+def load_session(path: str | os.PathLike[str], fingerprint: str) -> tuple[KVState, dict[str, Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            if header.get("format") != FORMAT:
+                raise SessionError(f"{path}: not a localllm session file")
+            if header.get("version") != VERSION:
+                raise SessionError(f"{path}: session format version {header.get('version')} (this build reads {VERSION})")
+            if header.get("model") != fingerprint:
+                raise SessionError(f"{path}: session was saved with a different model")
+            tokens, k, v = z["tokens"], z["k"], z["v"]
+    except SessionError:
+        raise
+    except FileNotFoundError:
+        raise SessionError(f"no such session file: {path}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError):
+        raise SessionError(f"{path}: truncated or corrupt session file") from None
+    if len(tokens) != header["n_tokens"] or k.shape[1] != len(tokens) or v.shape[1] != len(tokens):
+        raise SessionError(f"{path}: inconsistent session file")
+    return KVState(tuple(int(t) for t in tokens), k, v), header.get("extra", {})

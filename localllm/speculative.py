@@ -1,0 +1,164 @@
+"""Speculative decoding: a cheap drafter proposes k tokens, the target scores all of them in one
+batched forward, and the acceptance rule below keeps the target's output distribution exactly.
+
+Acceptance (Leviathan et al. 2023; gpt-fast): with target distribution p and draft distribution q
+at a position, a drafted token d is accepted with probability min(1, p[d] / q[d]); on rejection
+the token is drawn from normalize(max(0, p - q)) and the round ends. If every drafted token is
+accepted, one bonus token is drawn from p after the last one. Greedy sampling makes p one-hot,
+which reduces this to "accept while the target's argmax equals the draft". Prompt-lookup drafts
+are deterministic (q one-hot on d): accept with probability p[d], else draw from p without d."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from .generator import Sequence, Stats
+from .sampler import Sampler
+
+
+class Drafter(Protocol):
+    def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
+        """Up to k tokens continuing `history`, with the distribution each was drawn from
+        ([n_vocab]) or None for a deterministic proposal."""
+
+
+class DraftModel:
+    """A smaller model with the same vocabulary, run through its own KV cache."""
+
+    def __init__(self, seq: Sequence, sampler: Sampler) -> None:
+        self.seq, self.sampler = seq, sampler
+
+    def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
+        k = min(k, self.seq.n_ctx - len(history))
+        if k <= 0:
+            return [], []
+        logits = self.seq.eval_prompt(history, Stats())   # reuses the prefix its cache holds
+        tokens: list[int] = []
+        dists: list[np.ndarray | None] = []
+        for i in range(k):
+            q = self.sampler.distribution(logits, history + tokens)
+            tokens.append(self.sampler.draw(q))
+            dists.append(q)
+            if i + 1 < k:
+                logits = self.seq.step(tokens[-1])
+        return tokens, dists
+
+
+class PromptLookup:
+    """Drafts by finding the latest earlier occurrence of the context's last n tokens
+    (n = max_ngram down to min_ngram) and proposing what followed it."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
+        h = np.asarray(history)
+        for n in range(min(self.max_ngram, len(h) - 1), self.min_ngram - 1, -1):
+            windows = np.lib.stride_tricks.sliding_window_view(h[:-1], n)   # [len-n, n]
+            hits = np.flatnonzero((windows == h[-n:]).all(axis=1))
+            if len(hits):
+                start = int(hits[-1]) + n
+                draft = h[start:start + k].tolist()
+                if draft:
+                    return draft, [None] * len(draft)
+        return [], []
+
+
+def accept_or_resample(p: np.ndarray, q: np.ndarray | None, d: int, sampler: Sampler) -> tuple[bool, int]:
+    """The acceptance rule for one drafted token d: (accepted, token to emit)."""
+    if sampler.greedy:
+        best = int(np.argmax(p))
+        return best == d, best
+    q_d = 1.0 if q is None else q[d]
+    if sampler.rng.random() < min(1.0, p[d] / q_d):
+        return True, d
+    if q is None:
+        residual = p.copy()
+        residual[d] = 0.0
+    else:
+        residual = np.maximum(p - q, 0.0)
+    if residual.sum() <= 0:   # nothing left to correct towards: p itself is the exact draw
+        return False, sampler.draw(p)
+    return False, sampler.draw(residual / residual.sum())
+
+
+class AdaptiveK:
+    """Grows k while drafts are fully accepted, shrinks it after early rejections; with `auto`,
+    turns speculation off when acceptance is too low to pay for the drafting."""
+
+    def __init__(self, k: int = 4, k_max: int = 12, auto: bool = False) -> None:
+        self.k, self.k_max, self.auto = k, k_max, auto
+        self.proposed = self.accepted = self.rounds = 0
+        self.enabled = True
+
+    def update(self, proposed: int, accepted: int) -> None:
+        self.proposed += proposed
+        self.accepted += accepted
+        self.rounds += 1
+        self.k = min(self.k + 1, self.k_max) if accepted == proposed else max(1, accepted + 1)
+        if self.auto and self.rounds >= 8 and self.accepted < 0.3 * self.proposed:
+            self.enabled = False
+
+
+def verify(seq: Sequence, pending: int, draft: list[int], qs: list[np.ndarray | None], sampler: Sampler,
+           history: list[int], eog_ids: frozenset[int]) -> tuple[list[int], int]:
+    """One batched target forward over [pending] + draft. Returns the tokens to emit (accepted
+    drafts, then a correction or bonus token) and how many drafts were accepted; the cache keeps
+    K/V for pending and the accepted drafts only."""
+    base = seq.cache.offset
+    batch = [pending] + draft
+    logits = seq.model.forward(np.asarray(batch, dtype=np.int64), seq.cache, all_logits=True)  # [1+k, vocab]
+    seq.cache.tokens.extend(batch)
+    emitted: list[int] = []
+    n_ok = 0
+    for i, d in enumerate(draft):
+        p = sampler.distribution(logits[i], history + emitted)
+        ok, token = accept_or_resample(p, qs[i], d, sampler)
+        emitted.append(token)
+        if not ok:
+            break
+        n_ok += 1
+        if token in eog_ids:
+            break
+    else:
+        emitted.append(sampler(logits[len(draft)], history + emitted))   # bonus token
+    seq.cache.trim(base + 1 + min(n_ok, len(emitted) - 1))   # the last emitted token is the next pending
+    return emitted, n_ok
+
+
+def speculative_ids(seq: Sequence, drafter: Drafter, prompt: list[int], sampler: Sampler, max_tokens: int,
+                    eog_ids: frozenset[int], stats: Stats, policy: AdaptiveK) -> Iterator[int]:
+    """Like generator.generate_ids, with drafts verified in batches. Invariant between rounds: the
+    target's cache holds every emitted token but the last (`pending`), which opens the next batch."""
+    logits = seq.eval_prompt(prompt, stats)
+    history = list(prompt)
+    t0 = time.perf_counter()
+    stats.stop_reason = "length"
+    queue = [sampler(logits, history)]
+    try:
+        while True:
+            for token in queue:
+                if token in eog_ids:
+                    stats.stop_reason = "eog"
+                    return
+                history.append(token)
+                stats.generated_tokens += 1
+                yield token
+                if 0 <= max_tokens <= stats.generated_tokens:
+                    return
+            room = seq.n_ctx - seq.cache.offset - 1       # cache rows left once pending is stored
+            if room < 0:
+                stats.stop_reason = "context"
+                return
+            left = max_tokens - stats.generated_tokens if max_tokens >= 0 else room
+            k = min(policy.k, room, left) if policy.enabled else 0
+            draft, qs = drafter.propose(history, k) if k > 0 else ([], [])
+            queue, n_ok = verify(seq, history[-1], draft, qs, sampler, history, eog_ids)
+            if draft:
+                policy.update(len(draft), n_ok)
+                stats.extra.update(draft_proposed=policy.proposed, draft_accepted=policy.accepted)
+    finally:
+        stats.gen_ms = (time.perf_counter() - t0) * 1e3

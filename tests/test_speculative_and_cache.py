@@ -1,0 +1,168 @@
+"""KV reuse, prefix cache, sessions on disk, context overflow policy, speculative decoding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_reference
+
+import localllm
+from localllm.models import make_random_gguf
+from localllm.sampler import Sampler, SamplingParams
+from localllm.speculative import accept_or_resample
+
+SHAPE = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=256, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spec")
+    return (make_random_gguf(d / "target.gguf", tensor_type="Q8_0", **SHAPE),
+            make_random_gguf(d / "draft.gguf", tensor_type="Q4_0", output_type="Q4_0", **SHAPE))
+
+
+PROMPTS = ["the cat sat on the mat", "hello world, hello", "one two three one two"]
+
+
+@pytest.mark.parametrize("mode", ["self-draft", "other-draft", "lookup"])
+def test_greedy_speculation_equals_plain_greedy(tiny_files, mode):
+    target, draft = tiny_files
+    plain = localllm.load(target)
+    spec = localllm.load(target, draft={"self-draft": target, "other-draft": draft}.get(mode), lookup=mode == "lookup")
+    for prompt in PROMPTS:
+        want = "".join(plain.generate(prompt, max_tokens=24, temperature=0, min_p=0))
+        got = "".join(spec.generate(prompt, max_tokens=24, temperature=0, min_p=0))
+        assert got == want, (mode, prompt)
+        assert spec.last_stats["generated_tokens"] == plain.last_stats["generated_tokens"]
+    assert spec.last_stats.get("draft_proposed", 0) >= spec.last_stats.get("draft_accepted", 0)
+    if mode == "self-draft":
+        assert spec.last_stats["draft_accepted"] == spec.last_stats["draft_proposed"] > 0
+
+
+def test_greedy_speculation_on_reference_prompts(smollm2_path):
+    cases, _ = load_reference("smollm2-135m-q4_1")
+    plain = localllm.load(smollm2_path, n_ctx=1024)
+    spec = localllm.load(smollm2_path, n_ctx=1024, draft=smollm2_path)
+    look = localllm.load(smollm2_path, n_ctx=1024, lookup=True)
+    for case in cases["cases"][:4]:
+        want = list(plain.generate(case["prompt"], max_tokens=24, temperature=0))
+        assert list(spec.generate(case["prompt"], max_tokens=24, temperature=0)) and \
+            "".join(spec.generate(case["prompt"], max_tokens=24, temperature=0)) == "".join(want)
+        assert "".join(look.generate(case["prompt"], max_tokens=24, temperature=0)) == "".join(want)
+
+
+def test_acceptance_rule_preserves_target_distribution():
+    """Draw d ~ q, apply the rule: the emitted token is distributed as p (exactly, in theory)."""
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(6))
+    q = rng.dirichlet(np.ones(6))
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=1))
+    n = 40000
+    for dist in (q, None):
+        counts = np.zeros(6)
+        for _ in range(n):
+            d = int(rng.choice(6, p=q)) if dist is not None else 2
+            counts[accept_or_resample(p, dist, d, sampler)[1]] += 1
+        assert np.abs(counts / n - p).max() < 0.015, (counts / n, p)
+
+
+def test_sampled_speculation_matches_plain_distribution(tiny_files):
+    """End to end with temperature: the first two generated tokens (the second one drafted and
+    verified) follow the same distribution with a different-model draft as without: total
+    variation over 400 seeded runs each, on a support of at most 16 pairs."""
+    target, draft = tiny_files
+    plain, spec = localllm.load(target), localllm.load(target, draft=draft)
+    ids = plain.tokenize("the cat", add_bos=False)
+    kw = dict(max_tokens=2, temperature=1.0, top_k=4, top_p=1.0, min_p=0.0)
+
+    def pairs(llm):
+        return [tuple(llm.generate(ids, seed=seed, **kw)) for seed in range(400)]
+
+    a, b = pairs(plain), pairs(spec)
+    assert spec.last_stats["draft_proposed"] > 0
+    keys = set(a) | set(b)
+    assert len(keys) >= 3
+    tv = 0.5 * sum(abs(a.count(k) - b.count(k)) for k in keys) / 400
+    assert tv < 0.15, tv
+
+
+def test_second_chat_turn_evaluates_only_new_tokens(tiny_files):
+    target, _ = tiny_files
+    llm = localllm.load(target)
+    msgs = [{"role": "user", "content": "hello there"}]
+    reply = "".join(llm.chat(msgs, max_tokens=8, temperature=0))
+    n_first = llm.last_stats["prompt_tokens"]
+    msgs += [{"role": "assistant", "content": reply}, {"role": "user", "content": "and then?"}]
+    warm = "".join(llm.chat(msgs, max_tokens=8, temperature=0))
+    s = llm.last_stats
+    assert s["cached_tokens"] >= n_first - 1
+    assert s["evaluated_tokens"] == s["prompt_tokens"] - s["cached_tokens"]
+    cold = localllm.load(target)
+    assert "".join(cold.chat(msgs, max_tokens=8, temperature=0)) == warm
+
+
+def test_prefix_cache_across_conversations(tiny_files):
+    target, _ = tiny_files
+    llm = localllm.load(target)
+    a = "the quick brown fox jumps over the lazy dog " * 3
+    b = "a completely different conversation about cats " * 3
+    first = "".join(llm.generate(a, max_tokens=4, temperature=0))
+    list(llm.generate(b, max_tokens=4, temperature=0))
+    again = "".join(llm.generate(a, max_tokens=4, temperature=0))
+    assert llm.last_stats["cached_tokens"] > 10
+    assert again == first
+    off = localllm.load(target, prefix_cache_bytes=0)
+    list(off.generate(a, max_tokens=4, temperature=0))
+    list(off.generate(b, max_tokens=4, temperature=0))
+    list(off.generate(a, max_tokens=4, temperature=0))
+    assert off.last_stats["cached_tokens"] == 0
+
+
+def test_prefix_cache_is_bounded(tiny_files):
+    target, _ = tiny_files
+    llm = localllm.load(target, prefix_cache_bytes=40_000)
+    for i in range(6):
+        list(llm.generate(f"conversation number {i} " * 6, max_tokens=2, temperature=0))
+    assert llm.prefix_cache.nbytes <= 40_000
+
+
+def test_session_save_and_load(tiny_files, tmp_path):
+    target, draft = tiny_files
+    llm = localllm.load(target)
+    list(llm.generate("remember this sentence please", max_tokens=6, temperature=0))
+    path = tmp_path / "s.session"
+    llm.save_state(path, extra={"messages": [{"role": "user", "content": "x"}]})
+    assert not list(tmp_path.glob(".*tmp*"))
+    cont = "".join(llm.generate(llm._sequence().cache.tokens + [7], max_tokens=6, temperature=0))
+    fresh = localllm.load(target)
+    assert fresh.load_state(path) == {"messages": [{"role": "user", "content": "x"}]}
+    tokens = list(fresh._sequence().cache.tokens)
+    assert "".join(fresh.generate(tokens + [7], max_tokens=6, temperature=0)) == cont
+    assert fresh.last_stats["cached_tokens"] == len(tokens)
+    other = localllm.load(draft)
+    with pytest.raises(localllm.LocalLLMError, match="different model"):
+        other.load_state(path)
+    bad = tmp_path / "bad.session"
+    bad.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(localllm.LocalLLMError, match="truncated or corrupt"):
+        fresh.load_state(bad)
+
+
+def test_context_overflow_policy(tiny_files):
+    target, _ = tiny_files
+    llm = localllm.load(target, n_ctx=64)
+    msgs = [{"role": "system", "content": "be brief"}]
+    for i in range(12):
+        msgs += [{"role": "user", "content": f"question {i} about things"}, {"role": "assistant", "content": "ok fine"}]
+    msgs.append({"role": "user", "content": "last one"})
+    with pytest.raises(localllm.ContextOverflowError):
+        list(llm.chat(msgs, max_tokens=4))
+    kept = llm.fit_messages(msgs, reserve=16)
+    assert kept[0] == msgs[0] and kept[-1] == msgs[-1] and len(kept) < len(msgs)
+    list(llm.chat(msgs, max_tokens=4, overflow="drop_oldest"))
+    assert llm.last_stats["prompt_tokens"] <= 64
+
+
+def test_draft_with_other_vocabulary_is_refused(tiny_files, smollm2_path):
+    target, _ = tiny_files
+    with pytest.raises(localllm.LocalLLMError, match="different vocabulary"):
+        localllm.load(target, draft=smollm2_path)

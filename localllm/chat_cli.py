@@ -7,11 +7,15 @@ from pathlib import Path
 
 import click
 
+from .errors import LocalLLMError
+
 HELP = """commands:
   /clear            forget the conversation
   /regen            answer the last message again
   /read FILE        send the contents of FILE as your message
   /set PARAM VALUE  temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens
+  /save FILE        save the conversation and its KV cache
+  /load FILE        restore a conversation saved with /save (same model only)
   /exit             quit"""
 
 PARAMS = {"temp": ("temperature", float), "temperature": ("temperature", float), "top_k": ("top_k", int),
@@ -71,6 +75,17 @@ class ChatSession:
             self.reply()
         elif cmd == "/set":
             self.set_param(arg)
+        elif cmd == "/save" and arg.strip():
+            self.llm.save_state(Path(arg.strip()).expanduser(), extra={"messages": self.history, "system": self.system})
+            click.echo(f"(saved {len(self.history)} messages to {arg.strip()})", err=True)
+        elif cmd == "/load" and arg.strip():
+            try:
+                extra = self.llm.load_state(Path(arg.strip()).expanduser())
+            except LocalLLMError as e:
+                click.echo(f"error: {e}", err=True)
+                return None
+            self.history, self.system = list(extra.get("messages", [])), extra.get("system", self.system)
+            click.echo(f"(loaded {len(self.history)} messages)", err=True)
         else:
             click.echo(HELP, err=True)
         return None
@@ -91,7 +106,12 @@ class ChatSession:
     def reply(self) -> None:
         parts: list[str] = []
         try:
-            for piece in self.llm.chat(self._messages(), stop=self.stop, **self.settings):
+            messages = self._messages()
+            fitted = self.llm.fit_messages(messages, reserve=min(256, self.llm.n_ctx // 4))
+            if len(fitted) < len(messages):
+                click.echo(f"(context full: dropped the {len(messages) - len(fitted)} oldest messages)", err=True)
+                self.history = [m for m in fitted if m.get("role") != "system" or not self.system]
+            for piece in self.llm.chat(fitted, stop=self.stop, **self.settings):
                 parts.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -80,13 +80,22 @@ def sampling_options(fn):
 @click.option("--chat-template", "chat_template_file", type=click.Path(dir_okay=False), default=None,
               help="Jinja file replacing the model's chat template.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--draft", default=None, help="Draft model (same vocabulary) for speculative decoding.")
+@click.option("--lookup", is_flag=True, help="Speculative decoding with drafts from n-grams of the context.")
+@click.option("--draft-k", type=int, default=4, show_default=True, help="Initial tokens per draft (adapts).")
+@click.option("--spec-auto", is_flag=True, help="Turn speculation off when its acceptance rate is too low.")
 @sampling_options
 @_guard
-def run(model, prompt, max_tokens, system, n_ctx, threads, backend, chat_template_file, stop, **sampling):
+def run(model, prompt, max_tokens, system, n_ctx, threads, backend, chat_template_file, stop, draft, lookup,
+        draft_k, spec_auto, **sampling):
     """Chat with MODEL (a .gguf path or a catalog name), or complete -p TEXT."""
     from . import load
-    template = Path(chat_template_file).read_text() if chat_template_file else None
-    llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template)
+    try:
+        template = Path(chat_template_file).read_text() if chat_template_file else None
+    except OSError as e:
+        raise LocalLLMError(f"cannot read chat template {chat_template_file}: {e.strerror}") from None
+    llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template, draft=draft,
+               lookup=lookup, draft_k=draft_k, spec_auto=spec_auto)
     if prompt is not None:
         _complete(llm, prompt, -1 if max_tokens is None else max_tokens, list(stop), sampling)
     else:
@@ -100,8 +109,9 @@ def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict
         sys.stdout.flush()
     sys.stdout.write("\n")
     s = llm.last_stats
+    spec = (f" | draft accepted {s['draft_accepted']}/{s['draft_proposed']}" if "draft_proposed" in s else "")
     click.echo(f"prompt: {s['evaluated_tokens']} tokens, {s['prompt_tps']:.1f} tok/s | "
-               f"generated: {s['generated_tokens']} tokens, {s['gen_tps']:.1f} tok/s | stop: {s['stop_reason']}",
+               f"generated: {s['generated_tokens']} tokens, {s['gen_tps']:.1f} tok/s | stop: {s['stop_reason']}{spec}",
                err=True)
 
 

@@ -139,6 +139,36 @@ def info(model, as_json, tensors):
             click.echo(f"{key}: {value}")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LocalLLMError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@main.command()
+@click.argument("model")
+@click.option("-p", "--n-prompt", default="512", show_default=True, help="Prompt batch sizes (e.g. 128,512).")
+@click.option("-n", "--n-gen", default="128", show_default=True, help="Generated token counts (e.g. 32,128).")
+@click.option("-t", "--threads", default="2", show_default=True, help="Thread counts (e.g. 1,2).")
+@click.option("-r", "--repetitions", type=int, default=3, show_default=True)
+@click.option("--backend", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--plot", "plot_path", default=None, help="Draw decode tok/s against context depth to FILE.png.")
+@_guard
+def bench(model, n_prompt, n_gen, threads, repetitions, backend, as_json, plot_path):
+    """Measure prompt (pp) and generation (tg) tok/s, against the machine's DRAM roofline."""
+    from . import load
+    from .bench import depth_sweep, markdown, plot, run_bench
+    prompts, gens, thread_list = _int_list(n_prompt), _int_list(n_gen), _int_list(threads)
+    n_ctx = max(prompts + gens + [0]) + 1 + (4096 if plot_path else 0)
+    llm = load(model, backend=backend, n_ctx=n_ctx, threads=max(thread_list))
+    summary = run_bench(llm, prompts, gens, thread_list, repetitions, progress=sys.stderr.isatty())
+    if plot_path:
+        plot(summary, depth_sweep(llm, [1, 256, 1024, 2048, 4096]), plot_path)
+    click.echo(json.dumps(summary, indent=2) if as_json else markdown(summary))
+
+
 @main.command()
 @click.argument("name")
 @_guard

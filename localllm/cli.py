@@ -208,5 +208,15 @@ def tokenize(model, text, ids, no_bos, no_special):
         click.echo(f"{t:>7} {llm.tokenizer.token_to_piece(t)!r}")
 
 
+def _register_tools() -> None:
+    """quantize and perplexity live in cli_tools (which imports _guard from here)."""
+    from .cli_tools import perplexity_cmd, quantize_cmd
+    main.add_command(quantize_cmd, name="quantize")
+    main.add_command(perplexity_cmd, name="perplexity")
+
+
+_register_tools()
+
+
 if __name__ == "__main__":
     main()

@@ -57,6 +57,7 @@ class LLM:
         self.lookup = False                 # prompt-lookup drafting (n-grams of the context)
         self.draft_k, self.spec_auto = 4, False
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.kv_type = "f16"
 
     # --- tokens -----------------------------------------------------------------------------
     @property
@@ -78,7 +79,9 @@ class LLM:
     def _sequence(self) -> Sequence:
         if self._seq is None:
             c = self.model.cfg
-            cache = self.backend.new_kv_cache(c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+            args = (c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+            cache = self.backend.new_kv_cache(*args, kv_type=self.kv_type) if self.kv_type != "f16" \
+                else self.backend.new_kv_cache(*args)
             self._seq = Sequence(self.model, cache, self.prefix_cache if hasattr(cache, "snapshot") else None)
         return self._seq
 
@@ -213,7 +216,10 @@ class LLM:
             state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg))
             if len(state.tokens) > self.n_ctx:
                 raise LocalLLMError(f"{path}: session holds {len(state.tokens)} tokens, context is {self.n_ctx}")
-            self._sequence().cache.restore(state)
+            try:
+                self._sequence().cache.restore(state)
+            except ValueError as e:
+                raise LocalLLMError(f"{path}: {e}") from None
             return extra
 
     # --- description ------------------------------------------------------------------------
@@ -251,15 +257,26 @@ class LLM:
 def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
          threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
          kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
-         draft_k: int = 4, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20) -> LLM:
+         draft_k: int = 4, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
+         kv_type: str = "f16") -> LLM:
     """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
     cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template.
     draft: a smaller model with the same vocabulary for speculative decoding; lookup: draft from
     n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low.
-    prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off)."""
+    prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
+    kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16)."""
     llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes)
+    if kv_type != "f16" and not vocab_only:
+        supported = getattr(llm.backend, "kv_types", ("f16",))
+        if kv_type not in supported:
+            raise LocalLLMError(f"backend {llm.backend.name} does not support kv_type {kv_type!r} "
+                                f"(supported: {', '.join(supported)})")
+        c = llm.model.cfg
+        if kv_type == "q8_0" and (c.head_dim_k % 32 or c.head_dim_v % 32):
+            raise LocalLLMError(f"kv_type q8_0 needs head dimensions divisible by 32 (this model: {c.head_dim_k})")
+        llm.kv_type = kv_type
     if draft is not None:
         llm.draft = _load_one(draft, backend, llm.n_ctx, threads, False, None, kv_budget, 0)
         key = "tokenizer.ggml.tokens"

@@ -7,15 +7,30 @@ from collections import OrderedDict
 import numpy as np
 
 
+KV_TYPES = ("f16", "f32", "q8_0")
+QK = 32  # values per Q8_0 block
+
+
 class KVCache:
-    """k: [n_layers, n_ctx, n_kv_heads, head_dim_k], v: [..., head_dim_v], float16 like llama.cpp.
-    np.zeros maps untouched pages lazily, so a long context costs memory only as it fills."""
+    """k: [n_layers, n_ctx, n_kv_heads, head_dim_k], v: [..., head_dim_v]. kv_type "f16" (llama.cpp's
+    default), "f32", or "q8_0": int8 values with one float16 scale per 32 (k_d, v_d:
+    [n_layers, n_ctx, n_kv_heads, head_dim/32]), about half of f16's memory. np.zeros maps untouched
+    pages lazily, so a long context costs memory only as it fills."""
 
     def __init__(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int,
-                 dtype: type = np.float16) -> None:
-        self.n_ctx = n_ctx
+                 kv_type: str = "f16") -> None:
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {KV_TYPES}, not {kv_type!r}")
+        if kv_type == "q8_0" and (head_dim_k % QK or head_dim_v % QK):
+            raise ValueError(f"q8_0 KV needs head dims divisible by {QK} (got {head_dim_k}, {head_dim_v})")
+        self.n_ctx, self.kv_type = n_ctx, kv_type
+        dtype = {"f16": np.float16, "f32": np.float32, "q8_0": np.int8}[kv_type]
         self.k = np.zeros((n_layers, n_ctx, n_kv_heads, head_dim_k), dtype=dtype)
         self.v = np.zeros((n_layers, n_ctx, n_kv_heads, head_dim_v), dtype=dtype)
+        self.arrays = {"k": self.k, "v": self.v}      # every per-position array, position on axis 1
+        if kv_type == "q8_0":
+            self.arrays["k_d"] = np.zeros((n_layers, n_ctx, n_kv_heads, head_dim_k // QK), dtype=np.float16)
+            self.arrays["v_d"] = np.zeros((n_layers, n_ctx, n_kv_heads, head_dim_v // QK), dtype=np.float16)
         self.tokens: list[int] = []  # the tokens whose K/V rows are valid, in order
 
     @property
@@ -24,7 +39,7 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(a.nbytes for a in self.arrays.values())
 
     @property
     def nbytes_per_token(self) -> int:
@@ -33,9 +48,16 @@ class KVCache:
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write rows pos0..pos0+T and return all valid rows 0..pos0+T as float32."""
         end = pos0 + k.shape[0]
-        self.k[layer, pos0:end] = k
-        self.v[layer, pos0:end] = v
-        return self.k[layer, :end].astype(np.float32), self.v[layer, :end].astype(np.float32)
+        if self.kv_type != "q8_0":
+            self.k[layer, pos0:end] = k
+            self.v[layer, pos0:end] = v
+            return self.k[layer, :end].astype(np.float32), self.v[layer, :end].astype(np.float32)
+        out = []
+        for name, x in (("k", k), ("v", v)):
+            q, d = quantize_q8_0(x)
+            self.arrays[name][layer, pos0:end], self.arrays[name + "_d"][layer, pos0:end] = q, d
+            out.append(dequantize_q8_0(self.arrays[name][layer, :end], self.arrays[name + "_d"][layer, :end]))
+        return out[0], out[1]
 
     def trim(self, n: int) -> None:
         """Keep only the first n positions (rollback); later rows are overwritten on reuse."""
@@ -47,27 +69,43 @@ class KVCache:
     def snapshot(self, n: int | None = None) -> "KVState":
         """A copy of the first n positions (default: all valid ones)."""
         n = self.offset if n is None else n
-        return KVState(tuple(self.tokens[:n]), self.k[:, :n].copy(), self.v[:, :n].copy())
+        return KVState(tuple(self.tokens[:n]), {name: a[:, :n].copy() for name, a in self.arrays.items()})
 
     def restore(self, state: "KVState") -> None:
         n = len(state.tokens)
-        if n > self.n_ctx or state.k.shape[0] != self.k.shape[0] or state.k.shape[2:] != self.k.shape[2:] \
-                or state.v.shape[2:] != self.v.shape[2:]:
-            raise ValueError("KV state does not fit this cache")
-        self.k[:, :n] = state.k
-        self.v[:, :n] = state.v
+        fits = n <= self.n_ctx and state.arrays.keys() == self.arrays.keys() and all(
+            a.dtype == self.arrays[k].dtype and a.shape[0] == self.arrays[k].shape[0]
+            and a.shape[2:] == self.arrays[k].shape[2:] and a.shape[1] == n for k, a in state.arrays.items())
+        if not fits:
+            raise ValueError("KV state does not fit this cache (other shape or KV type)")
+        for name, a in state.arrays.items():
+            self.arrays[name][:, :n] = a
         self.tokens = list(state.tokens)
 
 
-class KVState:
-    """A detached copy of a cache prefix: tokens plus their K/V rows [n_layers, n, n_kv, hd]."""
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[..., d] float -> int8 [..., d] and float16 scales [..., d/32], ggml's quantize_row_q8_0."""
+    blocks = x.astype(np.float32).reshape(*x.shape[:-1], -1, QK)               # [..., d/32, 32]
+    d = np.abs(blocks).max(axis=-1) / 127.0                                    # [..., d/32]
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    q = np.round(blocks * inv[..., None]).astype(np.int8)
+    return q.reshape(x.shape), d.astype(np.float16)
 
-    def __init__(self, tokens: tuple[int, ...], k: np.ndarray, v: np.ndarray) -> None:
-        self.tokens, self.k, self.v = tokens, k, v
+
+def dequantize_q8_0(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    blocks = q.reshape(*q.shape[:-1], -1, QK).astype(np.float32) * d.astype(np.float32)[..., None]
+    return blocks.reshape(q.shape)
+
+
+class KVState:
+    """A detached copy of a cache prefix: tokens plus each cache array's rows [n_layers, n, ...]."""
+
+    def __init__(self, tokens: tuple[int, ...], arrays: dict[str, np.ndarray]) -> None:
+        self.tokens, self.arrays = tokens, arrays
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(a.nbytes for a in self.arrays.values())
 
 
 class PrefixCache:

@@ -42,7 +42,8 @@ def save_session(path: str | os.PathLike[str], state: KVState, fingerprint: str,
     try:
         with open(tmp, "wb") as f:
             np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                     tokens=np.asarray(state.tokens, dtype=np.int32), k=state.k, v=state.v)
+                     tokens=np.asarray(state.tokens, dtype=np.int32),
+                     **{f"kv_{name}": a for name, a in state.arrays.items()})
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -59,13 +60,15 @@ def load_session(path: str | os.PathLike[str], fingerprint: str) -> tuple[KVStat
                 raise SessionError(f"{path}: session format version {header.get('version')} (this build reads {VERSION})")
             if header.get("model") != fingerprint:
                 raise SessionError(f"{path}: session was saved with a different model")
-            tokens, k, v = z["tokens"], z["k"], z["v"]
+            tokens = z["tokens"]
+            arrays = {name[3:]: z[name] for name in z.files if name.startswith("kv_")}
     except SessionError:
         raise
     except FileNotFoundError:
         raise SessionError(f"no such session file: {path}") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError):
         raise SessionError(f"{path}: truncated or corrupt session file") from None
-    if len(tokens) != header["n_tokens"] or k.shape[1] != len(tokens) or v.shape[1] != len(tokens):
+    if len(tokens) != header["n_tokens"] or not arrays or any(a.ndim < 2 or a.shape[1] != len(tokens)
+                                                              for a in arrays.values()):
         raise SessionError(f"{path}: inconsistent session file")
-    return KVState(tuple(int(t) for t in tokens), k, v), header.get("extra", {})
+    return KVState(tuple(int(t) for t in tokens), arrays), header.get("extra", {})

@@ -166,3 +166,24 @@ def test_draft_with_other_vocabulary_is_refused(tiny_files, smollm2_path):
     target, _ = tiny_files
     with pytest.raises(localllm.LocalLLMError, match="different vocabulary"):
         localllm.load(target, draft=smollm2_path)
+
+
+def test_q8_0_kv_cache_halves_memory_and_tracks_f16(tiny_files, tmp_path):
+    with pytest.raises(localllm.LocalLLMError, match="divisible by 32"):
+        localllm.load(tiny_files[0], backend="numpy", kv_type="q8_0")
+    target = make_random_gguf(tmp_path / "hd32.gguf", **{**SHAPE, "dim": 128})
+    f16 = localllm.load(target, backend="numpy")
+    q8 = localllm.load(target, backend="numpy", kv_type="q8_0")
+    ids = f16.tokenize("the quick brown fox jumps over the lazy dog", add_bos=False)
+    a, b = f16.logits(ids), q8.logits(ids)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    assert q8._sequence().cache.nbytes < 0.6 * f16._sequence().cache.nbytes
+    list(q8.generate(ids, max_tokens=3, temperature=0))
+    q8.save_state(tmp_path / "q8.session")
+    with pytest.raises(localllm.LocalLLMError, match="KV type"):
+        f16.load_state(tmp_path / "q8.session")
+    fresh = localllm.load(target, backend="numpy", kv_type="q8_0")
+    fresh.load_state(tmp_path / "q8.session")
+    assert fresh._sequence().cache.tokens == q8._sequence().cache.tokens
+    with pytest.raises(localllm.LocalLLMError, match="kv_type"):
+        localllm.load(target, backend="numpy", kv_type="q4_0")

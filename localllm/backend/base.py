@@ -18,7 +18,10 @@ class Backend(Protocol):
     def upload(self, tensor: Tensor) -> Any:
         """The one place a weight's layout may change (dequantize, repack, copy to device)."""
 
-    def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int) -> Any: ...
+    kv_types: tuple[str, ...]   # KV cache element types this backend's attention reads ("f16", "q8_0", ...)
+
+    def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int,
+                     kv_type: str = "f16") -> Any: ...
 
     def get_rows(self, w: Any, ids: np.ndarray) -> Any: ...                   # [T] -> [T, dim]
     def matmul(self, x: Any, w: Any) -> Any: ...                              # [T, k] x [n, k]^T -> [T, n]

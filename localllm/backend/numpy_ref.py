@@ -55,8 +55,11 @@ class NumpyBackend:
             return dequantize(tensor.data, tensor.type).reshape(tensor.shape)
         return LazyWeight(tensor)
 
-    def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int) -> KVCache:
-        return KVCache(n_layers, n_ctx, n_kv_heads, head_dim_k, head_dim_v)
+    kv_types = ("f16", "f32", "q8_0")
+
+    def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int,
+                     kv_type: str = "f16") -> KVCache:
+        return KVCache(n_layers, n_ctx, n_kv_heads, head_dim_k, head_dim_v, kv_type)
 
     def get_rows(self, w: LazyWeight, ids: np.ndarray) -> np.ndarray:
         return w.rows(np.asarray(ids, dtype=np.int64))

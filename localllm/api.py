@@ -258,7 +258,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
          threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
          kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
          draft_k: int = 4, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
-         kv_type: str = "f16") -> LLM:
+         kv_type: str = "f16", device: str | int | None = None) -> LLM:
     """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
@@ -266,8 +266,10 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     draft: a smaller model with the same vocabulary for speculative decoding; lookup: draft from
     n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low.
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
-    kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16)."""
-    llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes)
+    kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
+    device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
+    llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget,
+                    prefix_cache_bytes, device)
     if kv_type != "f16" and not vocab_only:
         supported = getattr(llm.backend, "kv_types", ("f16",))
         if kv_type not in supported:
@@ -278,7 +280,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
             raise LocalLLMError(f"kv_type q8_0 needs head dimensions divisible by 32 (this model: {c.head_dim_k})")
         llm.kv_type = kv_type
     if draft is not None:
-        llm.draft = _load_one(draft, backend, llm.n_ctx, threads, False, None, kv_budget, 0)
+        llm.draft = _load_one(draft, backend, llm.n_ctx, threads, False, None, kv_budget, 0, device)
         key = "tokenizer.ggml.tokens"
         if llm.draft.gguf.metadata.get(key) != llm.gguf.metadata.get(key):
             raise LocalLLMError(f"draft model {Path(str(draft)).name} has a different vocabulary from "
@@ -287,7 +289,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     return llm
 
 
-def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes) -> LLM:
+def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes,
+              device=None) -> LLM:
     from .models import resolve_model
 
     path = resolve_model(str(path_or_name))
@@ -298,7 +301,7 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
         return LLM(gguf, tokenizer, chat_template=chat_template)
     cls = model_class(arch)
     cfg = cls.config(gguf.metadata)
-    be = get_backend(backend, threads=threads)
+    be = get_backend(backend, threads=threads, device=device)
     model = cls(gguf, cfg, be)
     budget = kv_budget if kv_budget is not None else int(os.environ.get("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET))
     if n_ctx is not None and n_ctx <= 0:

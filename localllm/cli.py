@@ -1,43 +1,18 @@
-"""`localllm` command line: run (chat or raw completion), info, pull, list, tokenize.
+"""`localllm` command line: run (chat or raw completion), info, bench, pull, list, tokenize
+(quantize and perplexity are in cli_tools).
 
 Every foreseen failure prints one line on stderr and exits non-zero; -v shows library logs."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import click
 
+from .cli_common import _guard
 from .errors import LocalLLMError
-
-
-def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(code)
-
-
-def _guard(fn):
-    """One clear line instead of a traceback; -v shows the traceback for unexpected errors."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LocalLLMError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            click.echo("", err=True)
-            sys.exit(130)
-        except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as e:  # noqa: BLE001: last line of defence, still one line
-            if logging.getLogger("localllm").isEnabledFor(logging.DEBUG):
-                raise
-            _fail(f"internal error: {type(e).__name__}: {e} (run with -v for details)")
-    return wrapper
 
 
 @click.group()
@@ -76,7 +51,9 @@ def sampling_options(fn):
 @click.option("-s", "--system", default=None, help="System prompt for the chat.")
 @click.option("-c", "--ctx-size", "n_ctx", type=int, default=None, help="Context length (default: trained, capped by memory).")
 @click.option("-t", "--threads", type=int, default=None)
-@click.option("--backend", default="cpu", show_default=True)
+@click.option("--backend", default="cpu", show_default=True, help="cpu, numpy (reference), opencl, auto.")
+@click.option("--device", default=None, help="OpenCL device: index or name substring (see info --devices).")
+@click.option("--kv-type", default="f16", show_default=True, help="KV cache type: f16, f32, q8_0.")
 @click.option("--chat-template", "chat_template_file", type=click.Path(dir_okay=False), default=None,
               help="Jinja file replacing the model's chat template.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
@@ -86,8 +63,8 @@ def sampling_options(fn):
 @click.option("--spec-auto", is_flag=True, help="Turn speculation off when its acceptance rate is too low.")
 @sampling_options
 @_guard
-def run(model, prompt, max_tokens, system, n_ctx, threads, backend, chat_template_file, stop, draft, lookup,
-        draft_k, spec_auto, **sampling):
+def run(model, prompt, max_tokens, system, n_ctx, threads, backend, device, kv_type, chat_template_file, stop, draft,
+        lookup, draft_k, spec_auto, **sampling):
     """Chat with MODEL (a .gguf path or a catalog name), or complete -p TEXT."""
     from . import load
     try:
@@ -95,7 +72,7 @@ def run(model, prompt, max_tokens, system, n_ctx, threads, backend, chat_templat
     except OSError as e:
         raise LocalLLMError(f"cannot read chat template {chat_template_file}: {e.strerror}") from None
     llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template, draft=draft,
-               lookup=lookup, draft_k=draft_k, spec_auto=spec_auto)
+               lookup=lookup, draft_k=draft_k, spec_auto=spec_auto, device=device, kv_type=kv_type)
     if prompt is not None:
         _complete(llm, prompt, -1 if max_tokens is None else max_tokens, list(stop), sampling)
     else:
@@ -116,14 +93,20 @@ def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--tensors", is_flag=True, help="List every tensor and what it runs as.")
+@click.option("--devices", is_flag=True, help="List OpenCL platforms and devices instead.")
+@click.option("--backend", default="cpu", show_default=True)
 @_guard
-def info(model, as_json, tensors):
+def info(model, as_json, tensors, devices, backend):
     """Describe MODEL: architecture, shapes, tokenizer, context and memory."""
+    if devices:
+        return _devices(as_json)
+    if model is None:
+        raise LocalLLMError("info needs a MODEL (or --devices)")
     from . import load
-    llm = load(model)
+    llm = load(model, backend=backend)
     d = llm.info()
     if not tensors:
         d.pop("tensors_run_as", None)
@@ -137,6 +120,21 @@ def info(model, as_json, tensors):
                 click.echo(f"  {k}: {v}")
         else:
             click.echo(f"{key}: {value}")
+
+
+def _devices(as_json: bool) -> None:
+    try:
+        from .backend.opencl import list_devices
+    except ImportError:
+        raise LocalLLMError("OpenCL support needs pyopencl: pip install 'localllm[opencl]'") from None
+    devs = list_devices()
+    if as_json:
+        click.echo(json.dumps(devs, indent=2, default=str))
+        return
+    if not devs:
+        click.echo("no OpenCL devices found", err=True)
+    for d in devs:
+        click.echo("  ".join(f"{k}={v}" for k, v in d.items()))
 
 
 def _int_list(text: str) -> list[int]:

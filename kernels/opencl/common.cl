@@ -1,0 +1,81 @@
+// Shared by every OpenCL kernel of localllm. OpenCL C 1.2, float32 arithmetic only: half is used
+// as a storage type through vload_half/vstore_half (core 1.2, no cl_khr_fp16), never fp64.
+//
+// Build-time constants (set by localllm/backend/opencl/device.py from the device's properties):
+//   LS      work-group size of the row-reduction kernels (a power of two, a multiple of TPR)
+//   TPR     lanes that share one weight row in a matvec (a power of two)
+//   ATT_LS  work-group size of the attention kernel (a power of two)
+//   MAX_DK  largest head dimension attention keeps in local memory
+//   MAX_DV_PER  output dims of V each attention lane accumulates (dv <= MAX_DV_PER * ATT_LS)
+
+// Weight kinds: the first-class layouts every matrix is uploaded as. All are row-major [n, k]:
+//   Q4_0  wq: u8 [n, k/2] ggml nibble order, wd: f16 [n, k/32]        w = d * (q - 8)
+//   Q4_1  as Q4_0 plus wm: f16 [n, k/32]                                 w = d * q + m
+//   Q8_0  wq: i8 [n, k], wd: f16 [n, k/32]                              w = d * q
+//   F16   wq: f16 [n, k];  F32  wq: f32 [n, k]   (wd, wm unused)
+#define W_Q4_0 0
+#define W_Q4_1 1
+#define W_Q8_0 2
+#define W_F16 3
+#define W_F32 4
+
+#define WARGS __global const uchar *wq, __global const half *wd, __global const half *wm
+#define WPASS wq, wd, wm
+
+// One element w[row, e] (embedding lookups: speed does not matter there).
+inline float load1(const int wt, WARGS, size_t row, int e, int k)
+{
+    size_t blk = row * (size_t)(k / 32) + e / 32;
+    int j = e % 32;
+    switch (wt) {
+    case W_Q4_0: case W_Q4_1: {
+        uchar b = wq[blk * 16 + (j & 15)];
+        float q = (float)(j < 16 ? (b & 15) : (b >> 4));
+        return wt == W_Q4_0 ? vload_half(blk, wd) * (q - 8.0f) : vload_half(blk, wd) * q + vload_half(blk, wm);
+    }
+    case W_Q8_0: return vload_half(blk, wd) * (float)((__global const char *)wq)[blk * 32 + j];
+    case W_F16: return vload_half(row * k + e, (__global const half *)wq);
+    default: return ((__global const float *)wq)[row * k + e];
+    }
+}
+
+// Four consecutive elements w[row, e..e+3], e a multiple of 4 (tile loads of the prefill matmul).
+// Float kinds may have k % 4 != 0: elements past k read as 0.
+inline float4 load4(const int wt, WARGS, size_t row, int e, int k)
+{
+    if (wt == W_F16 || wt == W_F32) {
+        float4 v = 0.0f;
+        if (e + 3 < k)
+            return wt == W_F16 ? vload_half4(0, (__global const half *)wq + row * k + e)
+                               : vload4(0, (__global const float *)wq + row * k + e);
+        for (int i = 0; i < 4 && e + i < k; i++) {
+            float f = wt == W_F16 ? vload_half(row * k + e + i, (__global const half *)wq)
+                                  : ((__global const float *)wq)[row * k + e + i];
+            if (i == 0) v.s0 = f; else if (i == 1) v.s1 = f; else v.s2 = f;
+        }
+        return v;
+    }
+    size_t blk = row * (size_t)(k / 32) + e / 32;
+    int j = e % 32;
+    float d = vload_half(blk, wd);
+    if (wt == W_Q8_0)
+        return d * convert_float4(vload4(0, (__global const char *)wq + blk * 32 + j));
+    uchar4 b = vload4(0, wq + blk * 16 + (j & 15));
+    float4 q = convert_float4(j < 16 ? (b & (uchar4)15) : (b >> (uchar4)4));
+    return wt == W_Q4_0 ? d * (q - 8.0f) : d * q + vload_half(blk, wm);
+}
+
+// Tree sum over the LS lanes of a work-group; every lane gets the total.
+inline float group_sum(__local float *part, float v)
+{
+    int lid = get_local_id(0);
+    part[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = LS / 2; s > 0; s >>= 1) {
+        if (lid < s) part[lid] += part[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float total = part[0];
+    barrier(CLK_LOCAL_MEM_FENCE);  // part is reused by the caller's next sum
+    return total;
+}

@@ -1,0 +1,72 @@
+// Row-wise and element-wise ops on float32 activations. Element-wise launches: global n rounded
+// up to the local size, so every kernel guards its index.
+
+// RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * w. One work-group (LS) per row.
+__kernel void rms_norm_f32(__global const float *x, __global const float *w, __global float *y,
+                           int d, float eps)
+{
+    __local float part[LS];
+    size_t base = (size_t)get_group_id(0) * d;
+    float ss = 0.0f;
+    for (int i = get_local_id(0); i < d; i += LS)
+        ss += x[base + i] * x[base + i];
+    float inv = 1.0f / sqrt(group_sum(part, ss) / d + eps);
+    for (int i = get_local_id(0); i < d; i += LS)
+        y[base + i] = x[base + i] * inv * w[i];
+}
+
+// RoPE on x [T, heads, d] with the angles' cos/sin [T, n_rot/2] computed on the host (the same
+// float32 expression as the reference). NORM mode rotates pairs (2i, 2i+1), NEOX (i, i + n_rot/2);
+// dims past n_rot are copied. Launch: global (d/2, T*heads).
+__kernel void rope_f32(__global const float *x, __global const float *cs, __global const float *sn,
+                       __global float *y, int heads, int d, int n_rot, int neox)
+{
+    int i = get_global_id(0), row = get_global_id(1), t = row / heads;
+    if (i >= d / 2) return;
+    size_t base = (size_t)row * d;
+    if (i >= n_rot / 2) {
+        int e = n_rot + 2 * (i - n_rot / 2);
+        y[base + e] = x[base + e];
+        y[base + e + 1] = x[base + e + 1];
+        return;
+    }
+    int a = neox ? i : 2 * i, b = neox ? i + n_rot / 2 : 2 * i + 1;
+    float c = cs[t * (n_rot / 2) + i], s = sn[t * (n_rot / 2) + i];
+    float xa = x[base + a], xb = x[base + b];
+    y[base + a] = xa * c - xb * s;
+    y[base + b] = xa * s + xb * c;
+}
+
+__kernel void add_f32(__global const float *a, __global const float *b, __global float *y, int n)
+{
+    int i = get_global_id(0);
+    if (i < n) y[i] = a[i] + b[i];
+}
+
+__kernel void scale_f32(__global const float *x, __global float *y, float s, int n)
+{
+    int i = get_global_id(0);
+    if (i < n) y[i] = x[i] * s;
+}
+
+__kernel void swiglu_f32(__global const float *g, __global const float *u, __global float *y, int n)
+{
+    int i = get_global_id(0);
+    if (i < n) y[i] = g[i] / (1.0f + exp(-g[i])) * u[i];
+}
+
+// GELU with ggml's tanh approximation, times up.
+__kernel void geglu_f32(__global const float *g, __global const float *u, __global float *y, int n)
+{
+    int i = get_global_id(0);
+    if (i >= n) return;
+    float x = g[i];
+    y[i] = 0.5f * x * (1.0f + tanh(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i];
+}
+
+// Bandwidth probe for the bench: a float4 copy reads and writes n4 * 16 bytes.
+__kernel void copy_f32x4(__global const float4 *src, __global float4 *dst, int n4)
+{
+    int i = get_global_id(0);
+    if (i < n4) dst[i] = src[i];
+}

@@ -1,0 +1,122 @@
+// Matrix-vector products for decode (few activation rows): y[t, row] = sum_e w[row, e] * x[t, e].
+// TPR lanes share a row and walk its 16-element units (half a 32-block) in turn, so consecutive
+// lanes read consecutive weight bytes; partial sums meet in local memory. The weights are read
+// in their quantized form: this kernel is bound by the bytes it reads.
+// Launch: global (ceil(n / (LS/TPR)) * LS, T), local (LS, 1).
+
+inline float dot16(float8 a, float8 b, float8 c, float8 e)
+{
+    return dot(a.lo, b.lo) + dot(a.hi, b.hi) + dot(c.lo, e.lo) + dot(c.hi, e.hi);
+}
+
+// Unit u of a row (16 weights) dequantized into wa, wb; returns the offset in x of wa's eight
+// activations (wb's follow at +16 for the 4-bit kinds, whose bytes pair elements j and j+16,
+// else at +8).
+inline int unit_w(const int wt, WARGS, size_t row, int u, int k, float8 *wa, float8 *wb)
+{
+    size_t blk = row * (size_t)(k / 32) + (u >> 1);
+    int h = u & 1;
+    if (wt == W_Q4_0 || wt == W_Q4_1) {
+        uchar8 q = as_uchar8(vload2(0, (__global const uint *)(wq + blk * 16 + h * 8)));
+        float d = vload_half(blk, wd), m = wt == W_Q4_0 ? -8.0f * d : vload_half(blk, wm);
+        *wa = d * convert_float8(q & (uchar8)15) + m;
+        *wb = d * convert_float8(q >> (uchar8)4) + m;
+        return (u >> 1) * 32 + h * 8;
+    }
+    if (wt == W_Q8_0) {
+        char16 q = as_char16(vload4(0, (__global const int *)(wq + blk * 32 + h * 16)));
+        float d = vload_half(blk, wd);
+        *wa = d * convert_float8(q.lo);
+        *wb = d * convert_float8(q.hi);
+    } else if (wt == W_F16) {
+        __global const half *w = (__global const half *)wq + row * (size_t)k + u * 16;
+        *wa = vload_half8(0, w);
+        *wb = vload_half8(1, w);
+    } else {
+        __global const float *w = (__global const float *)wq + row * (size_t)k + u * 16;
+        *wa = vload8(0, w);
+        *wb = vload8(1, w);
+    }
+    return u * 16;
+}
+
+inline int second_half(const int wt)
+{
+    return wt == W_Q4_0 || wt == W_Q4_1 ? 16 : 8;
+}
+
+inline float unit_dot(const int wt, WARGS, size_t row, int u, int k, __global const float *x)
+{
+    float8 wa, wb;
+    int o = unit_w(wt, WPASS, row, u, k, &wa, &wb);
+    return dot16(wa, vload8(0, x + o), wb, vload8(0, x + o + second_half(wt)));
+}
+
+inline void gemv(const int wt, WARGS, __global const float *x, __global float *y, int n, int k,
+                 __local float *part)
+{
+    int lid = get_local_id(0), lane = lid % TPR;
+    int row = get_group_id(0) * (LS / TPR) + lid / TPR;
+    int t = get_global_id(1);
+    x += (size_t)t * k;
+    float acc = 0.0f;
+    if (row < n) {
+        for (int u = lane; u < k / 16; u += TPR)
+            acc += unit_dot(wt, WPASS, row, u, k, x);
+        for (int e = (k / 16) * 16 + lane; e < k; e += TPR)   // float kinds: the k % 16 tail
+            acc += load1(wt, WPASS, row, e, k) * x[e];
+    }
+    part[lid] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = TPR / 2; s > 0; s >>= 1) {
+        if (lane < s) part[lid] += part[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lane == 0 && row < n) y[(size_t)t * n + row] = part[lid];
+}
+
+#define GEMV(NAME, WT) \
+__kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k) \
+{ __local float part[LS]; gemv(WT, WPASS, x, y, n, k, part); }
+
+GEMV(gemv_q4_0_f32, W_Q4_0)
+GEMV(gemv_q4_1_f32, W_Q4_1)
+GEMV(gemv_q8_0_f32, W_Q8_0)
+GEMV(gemv_f16_f32, W_F16)
+GEMV(gemv_f32_f32, W_F32)
+
+// The same products without local memory or barriers, for CPU devices (PoCL): a work-item owns
+// one row and RB tokens, dequantizes each unit once and reuses it for its RB activation rows.
+// Launch: global (n, ceil(T / RB)), local chosen by the runtime.
+#define RB 8
+
+inline void matmul_rows(const int wt, WARGS, __global const float *x, __global float *y, int n, int k, int T)
+{
+    int row = get_global_id(0), t0 = get_global_id(1) * RB, nt = min(RB, T - t0);
+    if (row >= n || nt <= 0) return;
+    float acc[RB];
+    for (int j = 0; j < RB; j++) acc[j] = 0.0f;
+    for (int u = 0; u < k / 16; u++) {
+        float8 wa, wb;
+        int o = unit_w(wt, WPASS, row, u, k, &wa, &wb), o2 = o + second_half(wt);
+        for (int j = 0; j < nt; j++) {
+            __global const float *xr = x + (size_t)(t0 + j) * k;
+            acc[j] += dot16(wa, vload8(0, xr + o), wb, vload8(0, xr + o2));
+        }
+    }
+    for (int e = (k / 16) * 16; e < k; e++) {               // float kinds: the k % 16 tail
+        float w = load1(wt, WPASS, row, e, k);
+        for (int j = 0; j < nt; j++) acc[j] += w * x[(size_t)(t0 + j) * k + e];
+    }
+    for (int j = 0; j < nt; j++) y[(size_t)(t0 + j) * n + row] = acc[j];
+}
+
+#define MATMUL_ROWS(NAME, WT) \
+__kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k, int T) \
+{ matmul_rows(WT, WPASS, x, y, n, k, T); }
+
+MATMUL_ROWS(matmul_rows_q4_0_f32, W_Q4_0)
+MATMUL_ROWS(matmul_rows_q4_1_f32, W_Q4_1)
+MATMUL_ROWS(matmul_rows_q8_0_f32, W_Q8_0)
+MATMUL_ROWS(matmul_rows_f16_f32, W_F16)
+MATMUL_ROWS(matmul_rows_f32_f32, W_F32)

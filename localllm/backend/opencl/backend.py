@@ -1,0 +1,236 @@
+"""OpenCLBackend: the Backend ops as OpenCL kernels (kernels/opencl/*.cl) on one device.
+
+Weights are uploaded once (weights.py); activations are DeviceArray handles that stay on the
+device between ops; the KV cache lives on the device (kv.py); only `to_numpy` (the logits) reads
+back. Every kernel enqueue is counted in `launches` and every host-to-device write in `writes`,
+so the bench can report launches per token."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from gguf.quants import dequantize
+
+from ...errors import ContextOverflowError, UnsupportedModelError
+from ...gguf_file import Tensor
+from . import weights
+from .device import ENV_DEVICE, MAX_DK, MAX_DV_PER, cl, open_device
+from .kv import DeviceKVCache
+from .weights import DeviceWeight
+
+GEMV_MAX_T = 4   # up to this many activation rows the matvec (re-reading weights per row) wins
+TILE = 32        # matmul.cl's output tile
+RB = 8           # gemv.cl's matmul_rows: tokens per work-item
+EW_LS = 64       # element-wise work-group size
+
+
+class DeviceArray:
+    """A float32 array on the device: a buffer, a shape, and an element offset (a first-axis
+    slice such as the forward's x[-1:]; ops copy it out before use)."""
+
+    __slots__ = ("buf", "shape", "offset")
+
+    def __init__(self, buf, shape: tuple[int, ...], offset: int = 0) -> None:
+        self.buf, self.shape, self.offset = buf, tuple(int(s) for s in shape), offset
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * 4
+
+    def reshape(self, *shape) -> DeviceArray:
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            shape = tuple(self.size // known if s == -1 else s for s in shape)
+        if math.prod(shape) != self.size:
+            raise ValueError(f"cannot reshape {self.shape} to {shape}")
+        return DeviceArray(self.buf, shape, self.offset)
+
+    def __getitem__(self, key) -> DeviceArray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("device arrays support only first-axis slices with step 1")
+        start, stop, _ = key.indices(self.shape[0])
+        row = self.size // self.shape[0]
+        return DeviceArray(self.buf, (max(stop - start, 0), *self.shape[1:]), self.offset + start * row)
+
+
+class OpenCLBackend:
+    name = "opencl"
+
+    def __init__(self, threads: int | None = None, device: str | None = None) -> None:
+        ocl = cl()
+        self.dev = open_device(device if device is not None else os.environ.get(ENV_DEVICE))
+        self.queue, self.kernels = self.dev.queue, self.dev.kernels
+        self.pool = ocl.tools.MemoryPool(ocl.tools.ImmediateAllocator(self.queue))  # activations
+        self.launches = 0   # kernel enqueues and device-side copies
+        self.writes = 0     # host-to-device transfers (token ids, rope angles)
+        self._rope_cs: dict[tuple, tuple[DeviceArray, DeviceArray]] = {}
+
+    # --- weights ------------------------------------------------------------------------------
+    def decline_reason(self, tensor: Tensor) -> str | None:
+        return weights.decline_reason(tensor)
+
+    def runs_as(self, tensor: Tensor) -> str:
+        return weights.runs_as(tensor)
+
+    def upload(self, tensor: Tensor) -> DeviceWeight | DeviceArray:
+        if tensor.data.ndim == 1:  # norms: float32 vectors
+            v = np.ascontiguousarray(dequantize(tensor.data, tensor.type).reshape(tensor.shape), dtype=np.float32)
+            return DeviceArray(self.dev.buffer(v.nbytes, tensor.name, v), v.shape)
+        return weights.upload(self.dev, tensor, tensor.name)
+
+    def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int,
+                     head_dim_v: int) -> DeviceKVCache:
+        if head_dim_k > MAX_DK or head_dim_v > MAX_DV_PER * self.dev.att_ls:
+            raise UnsupportedModelError(f"head dims {head_dim_k}/{head_dim_v} exceed the OpenCL attention "
+                                        f"kernel's {MAX_DK}/{MAX_DV_PER * self.dev.att_ls}")
+        return DeviceKVCache(self.dev, n_layers, n_ctx, n_kv_heads, head_dim_k, head_dim_v)
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _empty(self, shape: tuple[int, ...]) -> DeviceArray:
+        return DeviceArray(self.pool.allocate(max(math.prod(shape), 1) * 4), shape)
+
+    def _write(self, host: np.ndarray) -> DeviceArray:
+        """A small host array copied to a fresh device buffer (the queue keeps `host` alive)."""
+        out = DeviceArray(self.pool.allocate(max(host.nbytes, 4)), host.shape)
+        cl().enqueue_copy(self.queue, out.buf, host, is_blocking=False)
+        self.writes += 1
+        return out
+
+    def _dense(self, x: DeviceArray) -> DeviceArray:
+        """x with offset 0: a sliced view is copied out on the device."""
+        if x.offset == 0:
+            return x
+        out = self._empty(x.shape)
+        cl().enqueue_copy(self.queue, out.buf, x.buf, byte_count=x.nbytes, src_offset=x.offset * 4)
+        self.launches += 1
+        return out
+
+    def _run(self, name: str, gsize: tuple[int, ...], lsize: tuple[int, ...] | None, *args) -> None:
+        self.kernels[name](self.queue, gsize, lsize, *args)
+        self.launches += 1
+
+    def _elementwise(self, name: str, inputs: list[DeviceArray], *scalars) -> DeviceArray:
+        inputs = [self._dense(x) for x in inputs]
+        n = inputs[0].size
+        out = self._empty(inputs[0].shape)
+        g = -(-n // EW_LS) * EW_LS
+        self._run(name, (g,), (EW_LS,), *[x.buf for x in inputs], out.buf, *scalars, np.int32(n))
+        return out
+
+    # --- ops ----------------------------------------------------------------------------------
+    def get_rows(self, w: DeviceWeight, ids: np.ndarray) -> DeviceArray:
+        ids_d = self._write(np.ascontiguousarray(ids, dtype=np.int32))     # [T]
+        out = self._empty((len(ids), w.k))                                   # [T, k]
+        g0 = -(-w.k // EW_LS) * EW_LS
+        self._run(f"get_rows_{w.kind}", (g0, len(ids)), (EW_LS, 1), w.q, w.d, w.m, ids_d.buf, out.buf,
+                  np.int32(w.k))
+        return out
+
+    def matmul(self, x: DeviceArray, w: DeviceWeight) -> DeviceArray:
+        x = self._dense(x)
+        T = x.size // w.k
+        out = self._empty((T, w.n))                                           # [T, n]
+        args = (w.q, w.d, w.m, x.buf, out.buf, np.int32(w.n), np.int32(w.k))
+        if not self.dev.tiled:      # CPU devices: barrier-free kernel, any T
+            self._run(f"matmul_rows_{w.kind}_f32", (w.n, -(-T // RB)), None, *args, np.int32(T))
+        elif T <= GEMV_MAX_T:
+            rows = self.dev.ls // 32                                          # rows per work-group
+            self._run(f"gemv_{w.kind}_f32", (-(-w.n // rows) * self.dev.ls, T), (self.dev.ls, 1), *args)
+        else:
+            g = (-(-w.n // TILE) * 16, -(-T // TILE) * 16)
+            self._run(f"matmul_{w.kind}_f32", g, (16, 16), *args, np.int32(T))
+        return out
+
+    def add(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
+        return self._elementwise("add_f32", [a, b])
+
+    def scale(self, x: DeviceArray, s: float) -> DeviceArray:
+        return self._elementwise("scale_f32", [x], np.float32(s))
+
+    def swiglu(self, gate: DeviceArray, up: DeviceArray) -> DeviceArray:
+        return self._elementwise("swiglu_f32", [gate, up])
+
+    def geglu(self, gate: DeviceArray, up: DeviceArray) -> DeviceArray:
+        return self._elementwise("geglu_f32", [gate, up])
+
+    def rms_norm(self, x: DeviceArray, w: DeviceArray, eps: float) -> DeviceArray:
+        x = self._dense(x)
+        d = x.shape[-1]
+        out = self._empty(x.shape)
+        ls = self.dev.ls
+        self._run("rms_norm_f32", ((x.size // d) * ls,), (ls,), x.buf, w.buf, out.buf, np.int32(d), np.float32(eps))
+        return out
+
+    def _cos_sin(self, pos: np.ndarray, n_rot: int, base: float, freq_scale: float) -> tuple[DeviceArray, DeviceArray]:
+        """The reference's angles (same float32 expression), uploaded once per (positions, base):
+        q and k, and every layer sharing a base, reuse them."""
+        key = (pos.tobytes(), n_rot, base, freq_scale)
+        if key not in self._rope_cs:
+            if len(self._rope_cs) >= 4:   # a new forward: older positions are done with
+                self._rope_cs.clear()
+            inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
+            theta = (pos.astype(np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [T, n_rot/2]
+            self._rope_cs[key] = (self._write(np.cos(theta)), self._write(np.sin(theta)))
+        return self._rope_cs[key]
+
+    def rope(self, x: DeviceArray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
+             freq_scale: float = 1.0) -> DeviceArray:
+        x = self._dense(x)                                                   # [T, heads, d]
+        T, heads, d = x.shape
+        cs, sn = self._cos_sin(pos, n_rot, base, freq_scale)
+        out = self._empty(x.shape)
+        g0 = -(-(d // 2) // EW_LS) * EW_LS
+        self._run("rope_f32", (g0, T * heads), (EW_LS, 1), x.buf, cs.buf, sn.buf, out.buf, np.int32(heads),
+                  np.int32(d), np.int32(n_rot), np.int32(neox))
+        return out
+
+    def attention(self, q: DeviceArray, k: DeviceArray, v: DeviceArray, cache: DeviceKVCache, layer: int,
+                  pos0: int, scale: float, window: int = 0) -> DeviceArray:
+        q, k, v = self._dense(q), self._dense(k), self._dense(v)
+        T, H, dk = q.shape
+        kv_heads, dv = v.shape[1], v.shape[2]
+        if pos0 + T > cache.n_ctx:
+            raise ContextOverflowError(f"positions {pos0}..{pos0 + T} do not fit the context of {cache.n_ctx}")
+        nk, nv = k.size, v.size
+        self._run("kv_store_f16", (-(-max(nk, nv) // EW_LS) * EW_LS,), (EW_LS,), k.buf, v.buf, cache.k[layer],
+                  cache.v[layer], np.int32(pos0), np.int32(cache.row_k), np.int32(cache.row_v), np.int32(nk),
+                  np.int32(nv))
+        out = self._empty((T, H * dv))                                       # [T, H*dv]
+        ls = self.dev.att_ls
+        self._run("attention_f32_f16kv", (H * ls, T), (ls, 1), q.buf, cache.k[layer], cache.v[layer], out.buf,
+                  np.int32(H), np.int32(kv_heads), np.int32(dk), np.int32(dv), np.int32(pos0), np.float32(scale),
+                  np.int32(window))
+        return out
+
+    def to_numpy(self, x: DeviceArray) -> np.ndarray:
+        out = np.empty(x.shape, dtype=np.float32)
+        if out.size:
+            cl().enqueue_copy(self.queue, out, x.buf, src_offset=x.offset * 4, is_blocking=True)
+        return out
+
+    def from_numpy(self, a: np.ndarray) -> DeviceArray:
+        """A float32 host array on the device (tests and benches)."""
+        return self._write(np.ascontiguousarray(a, dtype=np.float32))
+
+    def finish(self) -> None:
+        self.queue.finish()
+
+    def copy_bandwidth(self, nbytes: int = 1 << 28, reps: int = 10) -> float:
+        """Device memory bandwidth in bytes/s, measured by copy_f32x4 (each byte read and written)."""
+        import time
+        n4 = nbytes // 16
+        src, dst = self._empty((n4 * 4,)), self._empty((n4 * 4,))
+        g = -(-n4 // EW_LS) * EW_LS
+        self._run("copy_f32x4", (g,), (EW_LS,), src.buf, dst.buf, np.int32(n4))  # warm up
+        self.finish()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            self._run("copy_f32x4", (g,), (EW_LS,), src.buf, dst.buf, np.int32(n4))
+        self.finish()
+        return 2 * n4 * 16 * reps / (time.perf_counter() - t0)

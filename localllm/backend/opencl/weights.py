@@ -1,0 +1,103 @@
+"""Weight upload: the one place a layout changes. Every matrix becomes one of the kernels' weight
+kinds (common.cl): Q4_0, Q4_1, Q8_0 kept as they are, split into separate arrays of quants and
+scales so lanes read them coalesced; Q5_0 requantized to Q8_0 losslessly (its 5-bit quants fit
+in int8 with the same scale); F16/F32 kept; BF16 widened to F32 (exact); every other type
+dequantized and stored as F16 (rounding to float16: relative error <= 2^-11)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize
+
+from ...gguf_file import Tensor
+from ..numpy_ref import SUPPORTED_TYPES
+from .device import Device
+
+QK = 32  # elements per block of Q4_0 / Q4_1 / Q8_0
+BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
+
+
+@dataclass
+class DeviceWeight:
+    """A matrix [n, k] on the device, in one of the kernels' weight kinds."""
+
+    kind: str      # "q4_0" | "q4_1" | "q8_0" | "f16" | "f32": selects gemv_/matmul_/get_rows_ kernels
+    n: int
+    k: int
+    q: Any         # quants [n, k/2] u8 (q4), [n, k] i8 (q8), or the values [n, k] f16 / f32
+    d: Any         # block scales [n, k/32] f16 (a 4-byte placeholder for float kinds)
+    m: Any         # block minima [n, k/32] f16 (q4_1 only, else a placeholder)
+    nbytes: int    # device bytes
+
+
+def runs_as(tensor: Tensor) -> str:
+    """How `tensor` is held and multiplied on the OpenCL device, in words."""
+    t = tensor.type
+    if tensor.data.ndim == 1:
+        return f"{t.name}: float32 vector"
+    kind = _kind(t)
+    how = {QT.Q4_0: "Q4_0 as is", QT.Q4_1: "Q4_1 as is", QT.Q8_0: "Q8_0 as is",
+           QT.Q5_0: "requantized to Q8_0 (lossless)", QT.F16: "F16 as is", QT.F32: "F32 as is",
+           QT.BF16: "widened to F32 (exact)"}.get(t, "dequantized to F16 (rounded)")
+    return f"{t.name}: {how}, {kind} x float32 kernels (float32 accumulation)"
+
+
+def _kind(t: QT) -> str:
+    return {QT.Q4_0: "q4_0", QT.Q4_1: "q4_1", QT.Q8_0: "q8_0", QT.Q5_0: "q8_0",
+            QT.F32: "f32", QT.BF16: "f32"}.get(t, "f16")
+
+
+def host_layout(tensor: Tensor) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(kind, q, d, m) as host arrays in the device layout of the weight's kind."""
+    t, (n, k) = tensor.type, tensor.shape
+    if t in BLOCK_BYTES:
+        blocks = tensor.data.reshape(n, k // QK, BLOCK_BYTES[t])     # [n, nb, bytes per block]
+        d = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)  # [n, nb, 1]
+        if t == QT.Q4_1:
+            m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)
+            return "q4_1", np.ascontiguousarray(blocks[..., 4:]), d, m
+        return _kind(t), np.ascontiguousarray(blocks[..., 2:]), d, None
+    if t == QT.Q5_0:
+        return ("q8_0", *_q5_0_as_q8_0(tensor), None)
+    if t == QT.F16:
+        return "f16", tensor.data.view(np.float16), None, None
+    if t == QT.F32:
+        return "f32", tensor.data.view(np.float32), None, None
+    f32 = dequantize(tensor.data, t).reshape(n, k)
+    return (_kind(t), f32 if t == QT.BF16 else f32.astype(np.float16), None, None)
+
+
+def _q5_0_as_q8_0(tensor: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Q5_0 is d * (q - 16) with q in 0..31: the same d with int8 quants q - 16 is Q8_0, exactly.
+    Recovered from gguf-py's dequantization: d * q is exact in float32, so q = w / d is too."""
+    n, k = tensor.shape
+    d = np.ascontiguousarray(tensor.data.reshape(n, k // QK, 22)[..., 0:2]).view(np.float16)  # [n, nb, 1]
+    w = dequantize(tensor.data, QT.Q5_0).reshape(n, k // QK, QK)                             # [n, nb, 32]
+    d32 = d.astype(np.float32)
+    q = np.divide(w, d32, out=np.zeros_like(w), where=d32 != 0)
+    q8 = np.rint(q).astype(np.int8)
+    assert np.array_equal(q8 * d32, w), "Q5_0 -> Q8_0 is not exact"  # guards the claim in runs_as
+    return q8.view(np.uint8).reshape(n, k), d
+
+
+def upload(dev: Device, tensor: Tensor, name: str = "") -> DeviceWeight:
+    """Copy a matrix to the device in its kernels' layout."""
+    kind, q, d, m = host_layout(tensor)
+    n, k = tensor.shape
+    what = f"weight {name or tensor.type.name} [{n}, {k}]"
+    pad = np.zeros(1, dtype=np.float32)  # placeholder argument for unused scale/min buffers
+    bufs = [dev.buffer(a.nbytes, what, np.ascontiguousarray(a)) for a in (q, d if d is not None else pad,
+                                                                             m if m is not None else pad)]
+    nbytes = sum(a.nbytes for a in (q, d, m) if a is not None)
+    return DeviceWeight(kind, n, k, *bufs, nbytes)
+
+
+def decline_reason(tensor: Tensor) -> str | None:
+    if tensor.type not in SUPPORTED_TYPES:
+        return f"tensor type {tensor.type.name} has no dequantizer for the opencl backend"
+    if tensor.data.ndim == 2 and tensor.type in (QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0) and tensor.shape[1] % QK:
+        return f"row length {tensor.shape[1]} is not a multiple of {QK}"
+    return None

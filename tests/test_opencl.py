@@ -1,0 +1,277 @@
+"""The OpenCL backend: every kernel against the numpy reference (random, odd shapes), the weight
+upload's claims (which conversions are exact), the generator's invariants on a device-resident
+KV cache, clear errors, and the real models against llama.cpp's logits. Runs on whatever device
+$LOCALLLM_OPENCL_DEVICE picks (in CI: PoCL's CPU device, from pip install 'pyopencl[pocl]').
+
+Error budgets. Weights are used exactly as stored (or exactly re-encoded), activations stay
+float32, so kernels differ from the reference only by float32 summation order: 1e-4 relative to
+sum |x_j w_j| for products, 1e-5 for element-wise ops, 1e-4 for attention (float16 KV rounded
+identically on both sides)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+from conftest import REFERENCE, assert_close_to_llama_cpp, closeness
+
+import localllm
+from localllm.backend.numpy_ref import NumpyBackend
+from localllm.errors import LocalLLMError
+from localllm.gguf_file import Tensor
+from localllm.kv_cache import KVCache
+from localllm.models.synthetic import quantize_q4_k, quantize_q6_k
+
+pyopencl = pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'pyopencl[pocl]')")
+from localllm.backend.opencl import OpenCLBackend, OpenCLError, list_devices  # noqa: E402
+from localllm.backend.opencl import device as cl_device  # noqa: E402
+from localllm.backend.opencl.weights import host_layout  # noqa: E402
+
+try:
+    DEVICES = list_devices()
+except OpenCLError as e:
+    pytest.skip(f"no OpenCL platform: {e}", allow_module_level=True)
+
+KERNEL_DIR = Path(cl_device.__file__).resolve().parents[3] / "kernels" / "opencl"
+MATMUL_SHAPES = [(1, 37, 96), (3, 67, 256), (4, 8, 32), (5, 45, 160), (37, 70, 288)]  # (T, n, k)
+WEIGHT_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F16, QT.F32, QT.BF16, QT.Q4_K, QT.Q6_K]
+
+
+@pytest.fixture(scope="module")
+def be() -> OpenCLBackend:
+    return OpenCLBackend()
+
+
+@pytest.fixture(scope="module", params=["device-choice", "gpu-kernels"])
+def mm_be(request, be) -> OpenCLBackend:
+    """Matrix products through the device's own choice of kernels, and through the GPU ones
+    (gemv + local-memory tiles) whatever the device, so PoCL checks those too."""
+    if request.param == "device-choice":
+        return be
+    gpu = OpenCLBackend()
+    gpu.dev.tiled = True
+    return gpu
+
+
+@pytest.fixture(scope="module")
+def ref() -> NumpyBackend:
+    return NumpyBackend()
+
+
+def _tensor(w: np.ndarray, qtype: QT, name: str = "w") -> Tensor:
+    """A GGUF-like tensor of w [n, k] encoded as qtype."""
+    if qtype == QT.Q4_K:
+        data = quantize_q4_k(w)
+    elif qtype == QT.Q6_K:
+        data = quantize_q6_k(w)
+    elif qtype == QT.F32:
+        data = w.astype(np.float32)
+    else:
+        data = quantize(w, qtype)
+    return Tensor(name, qtype, w.shape, np.ascontiguousarray(data).view(np.uint8).reshape(w.shape[0], -1))
+
+
+def _close(got: np.ndarray, want: np.ndarray, scale: np.ndarray | float, rel: float) -> None:
+    err = np.abs(got - want) / (np.abs(scale) + 1e-30)
+    assert got.shape == want.shape and np.all(np.isfinite(got)), (got.shape, want.shape)
+    assert err.max() <= rel, f"max relative error {err.max():.3g} > {rel}"
+
+
+# --- device discovery and errors ------------------------------------------------------------
+def test_list_devices_describes_each_device():
+    keys = {"platform", "name", "type", "global_mem_bytes", "compute_units", "max_work_group_size", "opencl_version"}
+    assert DEVICES and all(keys <= d.keys() for d in DEVICES)
+
+
+def test_bad_device_choice_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv(cl_device.ENV_DEVICE, "no-such-device-xyz")
+    with pytest.raises(LocalLLMError, match="no OpenCL device matches") as e:
+        OpenCLBackend()
+    assert "\n" not in str(e.value)
+    with pytest.raises(LocalLLMError, match="out of range"):
+        OpenCLBackend(device=str(len(DEVICES)))
+
+
+def test_kernel_build_failure_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(cl_device, "kernel_source", lambda: "__kernel void broken(void) { this is not C; }")
+    monkeypatch.setenv("PYOPENCL_NO_CACHE", "1")
+    with pytest.raises(LocalLLMError, match="failed to build") as e:
+        OpenCLBackend()
+    assert "\n" not in str(e.value)
+
+
+def test_not_enough_device_memory_is_refused(be):
+    with pytest.raises(LocalLLMError, match="not enough memory|largest allocation"):
+        be.new_kv_cache(1 << 12, 1 << 16, 8, 128, 128)
+
+
+def test_kernels_never_need_fp64():
+    sources = " ".join(p.read_text() for p in KERNEL_DIR.glob("*.cl"))
+    assert not re.search(r"\bdouble\d*\b|cl_khr_fp64", sources)
+
+
+# --- weights --------------------------------------------------------------------------------
+def test_q5_0_becomes_q8_0_exactly():
+    w = np.random.default_rng(0).standard_normal((9, 96)).astype(np.float32)
+    t = _tensor(w, QT.Q5_0)
+    kind, q, d, _ = host_layout(t)
+    assert kind == "q8_0"
+    got = q.view(np.int8).reshape(9, 3, 32) * d.astype(np.float32)
+    np.testing.assert_array_equal(got.reshape(9, 96), dequantize(t.data, QT.Q5_0).reshape(9, 96))
+
+
+def test_runs_as_names_every_conversion(be):
+    w = np.ones((2, 256), dtype=np.float32)
+    said = {t: be.runs_as(_tensor(w, t)) for t in WEIGHT_TYPES}
+    assert "as is" in said[QT.Q4_0] and "lossless" in said[QT.Q5_0] and "F16 (rounded)" in said[QT.Q6_K]
+
+
+# --- kernels against the reference ----------------------------------------------------------
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("T,n,k", MATMUL_SHAPES)
+def test_matmul_and_gemv(mm_be, qtype, T, n, k):
+    if qtype in (QT.Q4_K, QT.Q6_K) and k % 256:
+        pytest.skip("k-quants need rows of 256")
+    rng = np.random.default_rng(T * 1000 + n + k)
+    t = _tensor(rng.standard_normal((n, k)).astype(np.float32), qtype)
+    wf = dequantize(t.data, qtype).reshape(n, k)
+    if qtype not in (QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F32, QT.BF16):
+        wf = wf.astype(np.float16).astype(np.float32)          # stored as float16 on the device
+    x = rng.standard_normal((T, k)).astype(np.float32)
+    got = mm_be.to_numpy(mm_be.matmul(mm_be.from_numpy(x), mm_be.upload(t)))
+    _close(got, x @ wf.T, np.abs(x) @ np.abs(wf).T, 1e-4)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.F16, QT.F32], ids=lambda t: t.name)
+def test_get_rows(be, ref, qtype):
+    t = _tensor(np.random.default_rng(1).standard_normal((50, 96)).astype(np.float32), qtype)
+    ids = np.array([3, 49, 0, 3, 17])
+    np.testing.assert_array_equal(be.to_numpy(be.get_rows(be.upload(t), ids)), ref.get_rows(ref.upload(t), ids))
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (7, 3, 64), (2, 1000), (3, 4, 256)])
+def test_rms_norm(be, ref, shape):
+    rng = np.random.default_rng(len(shape))
+    x, w = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
+    wt = Tensor("n", QT.F32, w.shape, w.view(np.uint8))
+    got = be.to_numpy(be.rms_norm(be.from_numpy(x), be.upload(wt), 1e-6))
+    _close(got, ref.rms_norm(x, w, 1e-6), np.abs(ref.rms_norm(x, np.abs(w), 1e-6)) + 1e-3, 1e-5)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("T,heads,d,n_rot", [(1, 9, 64, 64), (5, 3, 96, 64), (3, 2, 256, 256)])
+def test_rope(be, ref, neox, T, heads, d, n_rot):
+    x = np.random.default_rng(d).standard_normal((T, heads, d)).astype(np.float32)
+    pos = 1000 + np.arange(T)
+    got = be.to_numpy(be.rope(be.from_numpy(x), pos, n_rot, 10000.0, neox, 0.5))
+    _close(got, ref.rope(x, pos, n_rot, 10000.0, neox, 0.5), 1.0, 1e-5)
+
+
+@pytest.mark.parametrize("op", ["add", "scale", "swiglu", "geglu"])
+def test_elementwise(be, ref, op):
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal((3, 1001)).astype(np.float32) * 4 for _ in range(2))
+    args = (a, 0.37) if op == "scale" else (a, b)
+    dev_args = [be.from_numpy(v) if isinstance(v, np.ndarray) else v for v in args]
+    want = getattr(ref, op)(*args)
+    scale = np.abs(a) * (0.37 if op == "scale" else np.abs(b)) + np.abs(a) + 1e-3  # GLUs cancel near 0
+    _close(be.to_numpy(getattr(be, op)(*dev_args)), want, scale, 1e-5)
+
+
+@pytest.mark.parametrize("H,KV,dk,window", [(9, 3, 64, 0), (4, 1, 256, 5), (2, 2, 40, 0), (8, 8, 128, 3)])
+def test_attention_over_device_cache(be, ref, H, KV, dk, window):
+    """Two calls (a prefill of 7 rows, then 3 more at pos0=7) against the reference's cache."""
+    rng = np.random.default_rng(H * dk)
+    dev_cache, host_cache = be.new_kv_cache(1, 16, KV, dk, dk), KVCache(1, 16, KV, dk, dk)
+    for pos0, T in ((0, 7), (7, 3)):
+        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, dk), (T, KV, dk), (T, KV, dk)))
+        got = be.to_numpy(be.attention(be.from_numpy(q), be.from_numpy(k), be.from_numpy(v), dev_cache, 0,
+                                       pos0, 0.125, window))
+        want = ref.attention(q, k, v, host_cache, 0, pos0, 0.125, window)
+        _close(got, want, 1.0, 1e-4)
+        dev_cache.tokens.extend(range(T))
+    k_dev, v_dev = dev_cache.layer_numpy(0)
+    np.testing.assert_array_equal(k_dev, host_cache.k[0, :10])
+    np.testing.assert_array_equal(v_dev, host_cache.v[0, :10])
+
+
+def test_device_array_views(be):
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    d = be.from_numpy(x)
+    np.testing.assert_array_equal(be.to_numpy(d[-1:]), x[-1:])
+    np.testing.assert_array_equal(be.to_numpy(d.reshape(4, 2, 3)), x.reshape(4, 2, 3))
+    np.testing.assert_array_equal(be.to_numpy(be.add(d[1:3], d[2:4])), x[1:3] + x[2:4])  # sliced inputs
+
+
+# --- the generator's invariants on the device cache ----------------------------------------
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    llm = localllm.load(smollm2_path, backend="opencl", n_ctx=1024)
+    yield llm
+    llm.close()
+
+
+def test_prefill_equals_single_decodes(smollm2):
+    model, c = smollm2.model, smollm2.model.cfg
+    ids = np.array([1, 504, 3458, 282, 253, 1345, 28, 12, 9000, 77])
+    cache = model.ops.new_kv_cache(c.n_layers, 16, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    prefill = model.forward(ids, cache, all_logits=True)
+    cache = model.ops.new_kv_cache(c.n_layers, 16, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    steps = []
+    for t in ids:
+        steps.append(model.forward(np.array([t]), cache)[0])
+        cache.tokens.append(int(t))
+    _close(np.array(steps), prefill, np.abs(prefill).max(), 1e-4)
+
+
+def test_generation_through_reused_cache_equals_cold_run(smollm2):
+    first = "The three primary colors are"
+    turn = smollm2.tokenize(first) + smollm2.tokenize(" red, yellow and blue. The sky is", add_bos=False)
+    "".join(smollm2.generate(first, max_tokens=4, temperature=0))
+    warm = "".join(smollm2.generate(turn, max_tokens=8, temperature=0))
+    assert smollm2.last_stats["cached_tokens"] > 0
+    smollm2.reset()
+    cold = "".join(smollm2.generate(turn, max_tokens=8, temperature=0))
+    assert smollm2.last_stats["cached_tokens"] == 0 and warm == cold
+
+
+def test_greedy_matches_cpu_backend(smollm2, smollm2_path):
+    prompt = "The capital of France is"
+    cpu = localllm.load(smollm2_path, backend="numpy", n_ctx=64)
+    assert "".join(smollm2.generate(prompt, max_tokens=6, temperature=0)) == \
+        "".join(cpu.generate(prompt, max_tokens=6, temperature=0))
+
+
+# --- models against llama.cpp ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quantized_smollm2(smollm2_path, tmp_path_factory) -> dict[str, Path]:
+    """SmolLM2 Q8_0 / Q4_0 made as the reference's were (F32 dequantization, then quantize)."""
+    quantize = pytest.importorskip("localllm.quantize", reason="the quantizer (localllm/quantize.py) is not there yet")
+    out = tmp_path_factory.mktemp("opencl-quant")
+    f32 = quantize.quantize_file(smollm2_path, out / "f32.gguf", "F32", progress=False)["dst"]
+    return {t: quantize.quantize_file(f32, out / f"{t}.gguf", t.upper(), progress=False)["dst"] for t in ("q8_0", "q4_0")}
+
+
+def _figures(path, key: str) -> dict:
+    llm = localllm.load(path, backend="opencl", n_ctx=1024)
+    try:
+        fig = closeness(key, llm.logits)
+    finally:
+        llm.close()
+    print(key, "opencl", fig)
+    return fig
+
+
+@pytest.mark.parametrize("key,fixture", [("smollm2-135m-q4_1", "smollm2_path"), ("gemma3-270m-q4_k_m", "gemma3_path")])
+def test_model_close_to_llama_cpp(request, key, fixture):
+    assert (REFERENCE / f"{key}.npz").exists(), f"missing reference {key}"
+    assert_close_to_llama_cpp(_figures(request.getfixturevalue(fixture), key))
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_quantized_smollm2_close_to_llama_cpp(quantized_smollm2, qtype):
+    assert_close_to_llama_cpp(_figures(quantized_smollm2[qtype], f"smollm2-135m-{qtype}"))

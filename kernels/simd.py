@@ -247,3 +247,59 @@ def scale_at(typingctx, arr, i):
         v = b.load(_ptr(ctx, b, sig.args[0], args[0], args[1], ir.HalfType() if half else _F32))
         return b.fpext(v, _F32) if half else v
     return types.float32(arr, i), codegen
+
+
+# --- thread synchronisation inside one parallel region (kernels.fused) ---------------------------
+@intrinsic
+def atomic_add_i64(typingctx, arr, idx, val):
+    """Atomically arr.flat[idx] += val (int64 array, sequentially consistent); returns the old value."""
+    def codegen(ctx, b, sig, args):
+        i = ctx.cast(b, args[1], sig.args[1], types.int64)
+        v = ctx.cast(b, args[2], sig.args[2], types.int64)
+        return b.atomic_rmw("add", _ptr(ctx, b, sig.args[0], args[0], i, _I64), v, "seq_cst")
+    return types.int64(arr, idx, val), codegen
+
+
+@intrinsic
+def atomic_load_i64(typingctx, arr, idx):
+    """arr.flat[idx], read atomically (sequentially consistent): later loads cannot move before it."""
+    def codegen(ctx, b, sig, args):
+        i = ctx.cast(b, args[1], sig.args[1], types.int64)
+        return b.load_atomic(_ptr(ctx, b, sig.args[0], args[0], i, _I64), "seq_cst", 8)
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """The spin-wait hint (x86 `pause`)."""
+    def codegen(ctx, b, sig, args):
+        _intr(b, "llvm.x86.sse2.pause", ir.VoidType(), [])
+        return ctx.get_dummy_value()
+    return types.none(), codegen
+
+
+@intrinsic
+def os_yield(typingctx):
+    """sched_yield(2): give the core away while waiting for a preempted sibling thread."""
+    def codegen(ctx, b, sig, args):
+        _intr(b, "sched_yield", _I32, [])
+        return ctx.get_dummy_value()
+    return types.none(), codegen
+
+
+@intrinsic
+def atomic_xchg_i64(typingctx, arr, idx, val):
+    """Atomically swap arr.flat[idx] with val (sequentially consistent); returns the old value."""
+    def codegen(ctx, b, sig, args):
+        i = ctx.cast(b, args[1], sig.args[1], types.int64)
+        v = ctx.cast(b, args[2], sig.args[2], types.int64)
+        return b.atomic_rmw("xchg", _ptr(ctx, b, sig.args[0], args[0], i, _I64), v, "seq_cst")
+    return types.int64(arr, idx, val), codegen
+
+
+@intrinsic
+def cycles(typingctx):
+    """The time-stamp counter (rdtsc): cheap time for spin-wait timeouts."""
+    def codegen(ctx, b, sig, args):
+        return _intr(b, "llvm.readcyclecounter", _I64, [])
+    return types.int64(), codegen

@@ -24,6 +24,11 @@ class Llama(Model):
         return read_config(meta, ARCH)
 
     def forward(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
+        fast = getattr(self.ops, "fused_forward", None)   # a backend's compiled form of this function
+        if fast is not None:
+            out = fast(self, tokens, cache, all_logits)
+            if out is not None:
+                return out
         ops, c = self.ops, self.cfg
         T, pos0 = len(tokens), cache.offset
         pos = pos0 + np.arange(T)                                              # [T]

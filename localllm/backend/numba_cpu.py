@@ -7,6 +7,7 @@ Other matrix types (F32, F16 kept as is; Q6_K and the rest dequantized to float3
 vectorised float matmul. Each op is one compiled call writing into a fresh output array."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numba
@@ -47,6 +48,7 @@ class NumbaBackend(NumpyBackend):
         if isa is not None and isa not in available_isas():
             raise ValueError(f"instruction set {isa!r} not available here (have {available_isas()})")
         self.isa = isa or best_isa()
+        self.fused = True                           # False: fused_forward declines (the op-by-op path runs)
         self._last_x: np.ndarray | None = None      # the activation quantized last, and its Q8_0 form:
         self._last_q: tuple[np.ndarray, ...] = ()   # q, k, v (and gate, up) share one input
         self._rope_key: tuple = ()
@@ -82,6 +84,27 @@ class NumbaBackend(NumpyBackend):
             return dequantize_r8(w.r8, ids)
         rows = w.w[ids]
         return rows.view(np.float16).astype(np.float32) if w.qtype == QT.F16 else rows.astype(np.float32)
+
+    # --- the fused step -------------------------------------------------------------------------
+    def fused_plan(self, model):
+        """The model's FusedLlama (built on first use), or the reason it has none (str)."""
+        plan = getattr(model, "_fused_plan", None)
+        if plan is None:
+            from .fused import FusedLlama
+            plan = "disabled by LOCALLLM_FUSED=0" if os.environ.get("LOCALLLM_FUSED", "1") == "0" \
+                else FusedLlama.build(model, self)
+            model._fused_plan = plan
+        return plan
+
+    def fused_forward(self, model, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray | None:
+        """The whole forward in one compiled call with one parallel region (kernels.fused), or None
+        when the model does not fit it (the architecture then runs its op-by-op forward)."""
+        if not self.fused or not isinstance(cache, KVCache) or cache.k.dtype != np.float16:
+            return None
+        plan = self.fused_plan(model)
+        if isinstance(plan, str):
+            return None
+        return plan(np.asarray(tokens, dtype=np.int64), cache, all_logits)
 
     # --- ops ----------------------------------------------------------------------------------
     def _quantized(self, x: np.ndarray) -> tuple[np.ndarray, ...]:

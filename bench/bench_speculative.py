@@ -1,0 +1,87 @@
+"""Speculative decoding speed-ups, greedy, measured alternately in one run:
+
+  * draft model: SmolLM2-135M F16 as target, its Q4_0 as draft, on a code-writing prompt;
+  * prompt lookup: the same target on a "rewrite this code with one change" prompt.
+
+    python bench/bench_speculative.py [--tokens 128] [--rounds 2]
+
+The F16 and Q4_0 files are made once from the catalog's Q4_1 file with `localllm quantize`
+(into $LOCALLLM_HOME/synthetic/)."""
+from __future__ import annotations
+
+import argparse
+import time
+
+import localllm
+from localllm.models import models_home, pull
+from localllm.quantize import quantize_file
+
+CODE_PROMPT = ("<|im_start|>user\nWrite a Python function that checks whether a string is a palindrome, "
+               "ignoring case and punctuation, with a docstring and three doctests.<|im_end|>\n<|im_start|>assistant\n")
+SOURCE = '''def moving_average(values, window):
+    """Return the moving averages of `values` over `window` items."""
+    if window <= 0:
+        raise ValueError("window must be positive")
+    out = []
+    total = 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        if i >= window - 1:
+            out.append(total / window)
+    return out
+'''
+REWRITE_PROMPT = ("<|im_start|>user\nRewrite this code, renaming the function to `rolling_mean`; change nothing "
+                  f"else.\n\n```python\n{SOURCE}```<|im_end|>\n<|im_start|>assistant\n```python\n")
+
+
+def variant(kind: str):
+    path = models_home() / "synthetic" / f"smollm2-135m-{kind.lower()}.gguf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        quantize_file(pull("smollm2-135m", progress=False), path, kind, progress=False)
+    return path
+
+
+def timed(llm, prompt: str, n: int) -> tuple[float, str, dict]:
+    llm.reset()
+    t0 = time.perf_counter()
+    text = "".join(llm.generate(prompt, max_tokens=n, temperature=0))
+    s = llm.last_stats
+    return s["generated_tokens"] / (time.perf_counter() - t0 - s["prompt_ms"] / 1e3), text, s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    target, draft = variant("F16"), variant("Q4_0")
+    kw = dict(n_ctx=2048, threads=args.threads, prefix_cache_bytes=0)
+    runs = {"plain": localllm.load(target, **kw), "draft Q4_0": localllm.load(target, draft=draft, **kw),
+            "lookup": localllm.load(target, lookup=True, **kw)}
+    cases = [("code (draft model)", CODE_PROMPT, ["plain", "draft Q4_0"]),
+             ("rewrite (prompt lookup)", REWRITE_PROMPT, ["plain", "lookup"])]
+    print("| prompt | mode | tok/s | speed-up | acceptance | same text as plain |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, prompt, modes in cases:
+        for mode in modes:                       # warm-up: JIT, caches
+            timed(runs[mode], prompt, 8)
+        best = {m: (0.0, "", {}) for m in modes}
+        for _ in range(args.rounds):             # alternate so load changes hit every mode alike
+            for mode in modes:
+                r = timed(runs[mode], prompt, args.tokens)
+                if r[0] > best[mode][0]:
+                    best[mode] = r
+        base_tps, base_text, _ = best["plain"]
+        for mode in modes:
+            tps, text, s = best[mode]
+            acc = (f"{s['draft_accepted']}/{s['draft_proposed']} ({s['draft_accepted'] / max(s['draft_proposed'], 1):.0%})"
+                   if "draft_proposed" in s else "")
+            print(f"| {name} | {mode} | {tps:.1f} | {tps / base_tps:.2f}x | {acc} | {text == base_text} |")
+
+
+if __name__ == "__main__":
+    main()

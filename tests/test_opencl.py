@@ -131,11 +131,12 @@ def test_runs_as_names_every_conversion(be):
 
 
 # --- kernels against the reference ----------------------------------------------------------
-@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("T,n,k", MATMUL_SHAPES)
+MATMUL_CASES = [(q, *shape) for q in WEIGHT_TYPES for shape in MATMUL_SHAPES
+                if q not in (QT.Q4_K, QT.Q6_K) or shape[2] % 256 == 0]   # k-quants need rows of 256
+
+
+@pytest.mark.parametrize("qtype,T,n,k", MATMUL_CASES, ids=lambda v: getattr(v, "name", str(v)))
 def test_matmul_and_gemv(mm_be, qtype, T, n, k):
-    if qtype in (QT.Q4_K, QT.Q6_K) and k % 256:
-        pytest.skip("k-quants need rows of 256")
     rng = np.random.default_rng(T * 1000 + n + k)
     t = _tensor(rng.standard_normal((n, k)).astype(np.float32), qtype)
     wf = dequantize(t.data, qtype).reshape(n, k)
@@ -250,7 +251,7 @@ def test_greedy_matches_cpu_backend(smollm2, smollm2_path):
 @pytest.fixture(scope="module")
 def quantized_smollm2(smollm2_path, tmp_path_factory) -> dict[str, Path]:
     """SmolLM2 Q8_0 / Q4_0 made as the reference's were (F32 dequantization, then quantize)."""
-    quantize = pytest.importorskip("localllm.quantize", reason="the quantizer (localllm/quantize.py) is not there yet")
+    from localllm import quantize
     out = tmp_path_factory.mktemp("opencl-quant")
     f32 = quantize.quantize_file(smollm2_path, out / "f32.gguf", "F32", progress=False)["dst"]
     return {t: quantize.quantize_file(f32, out / f"{t}.gguf", t.upper(), progress=False)["dst"] for t in ("q8_0", "q4_0")}
@@ -266,7 +267,8 @@ def _figures(path, key: str) -> dict:
     return fig
 
 
-@pytest.mark.parametrize("key,fixture", [("smollm2-135m-q4_1", "smollm2_path"), ("gemma3-270m-q4_k_m", "gemma3_path")])
+# SmolLM2 Q4_1 is checked on the CPU backends; on PoCL (slow) the issue's three models suffice.
+@pytest.mark.parametrize("key,fixture", [("gemma3-270m-q4_k_m", "gemma3_path")])
 def test_model_close_to_llama_cpp(request, key, fixture):
     assert (REFERENCE / f"{key}.npz").exists(), f"missing reference {key}"
     assert_close_to_llama_cpp(_figures(request.getfixturevalue(fixture), key))

@@ -30,8 +30,8 @@ import numpy as np
 from numba import njit, prange
 
 from .isa import AVX2, VNNI, specialize
-from .qmatmul import TILE, _unpack_u4, _unpack_u8
-from .quant import QK, R, U4, _quantize_row
+from .qmatmul import TILE, _unpack_u4, _unpack_u8, q6_groups
+from .quant import Q6, QK, R, U4, _quantize_row
 from . import simd
 from .simd import (atomic_add_i64, atomic_load_i64, atomic_xchg_i64, bcast8_i8x64, cpu_relax, cycles, f16_to_f32,
                    f32_to_f16, fma_f32, load_f32x16, load_pairs_f32x16, mul_f32, splat_f32, store_f32x16,
@@ -199,7 +199,10 @@ def _tile_steps(isa: str) -> Callable:
 @functools.cache
 def mm_groups(kind: str, isa: str) -> Callable:
     """The serial r8 matmul over a group range for weights of encoding `kind` on `isa`.
-    AVX2 always takes the non-saturating dot product: a slot may hold Q8_0 (u up to 255)."""
+    AVX2 always takes the non-saturating dot product: a slot may hold Q8_0 (u up to 255).
+    Q6 (Q6_K) slots take qmatmul's q6 kernel (same contract; m and acc unused)."""
+    if kind == Q6:
+        return q6_groups(isa)
     tile = _tile_steps(isa)
     return specialize(_mm_groups, f"{kind}_{isa}", parallel=False, dot_u8s8=_DOT[isa], _tile_step=tile,
                       unpack=_unpack_u4 if kind == U4 else _unpack_u8,

@@ -19,8 +19,8 @@ from numba import njit, prange
 
 from . import simd
 from .isa import AVX2, PORTABLE, VNNI, specialize
-from .quant import QK, R, U4, R8Weight, quant_at
-from .simd import (bcast8_i8x64, fma_f32, load_f32x16, load_i8x64, load_pairs_f32x16, mul_f32, nibbles,
+from .quant import Q6, Q6_BYTES, QK, R, U4, R8Weight, q6_at, quant_at
+from .simd import (bcast8_i8x64, const32_i8x64, sub_i32, unpack_q6, fma_f32, load_f32x16, load_i8x64, load_pairs_f32x16, mul_f32, nibbles,
                    scale_at, splat_f32, store_f32x16, store_pair_sums, to_f32, zero_f32, zero_i32)
 
 TILE = 4             # activation rows sharing one decode of a weight block (prefill)
@@ -87,6 +87,101 @@ def _mul_r8_plain(qs, d, m, xq, xd, xs, y):
                 y[t, g * R + r] = acc
 
 
+# --- Q6 (Q6_K): value = (d*sc_h) * (u - 32), one scale per 16-column half of a block ---------------
+def _q6_step(xq, xd, t, k, b, c0, c1, c2, c3, d0, d1, a):
+    """One 32-column block of activation row t against one q6 group: per half h, the lane's
+    dot(u, x) - dot(32, x) (exact int32) times d*sc_h * d_x. Global bound per build: dot_u8s8."""
+    xo = t * k + b * QK
+    x0, x1, x2, x3 = bcast8_i8x64(xq, xo), bcast8_i8x64(xq, xo + 8), bcast8_i8x64(xq, xo + 16), bcast8_i8x64(xq, xo + 24)
+    k32 = const32_i8x64()
+    e0 = sub_i32(dot_u8s8(dot_u8s8(zero_i32(), c0, x0), c1, x1), dot_u8s8(dot_u8s8(zero_i32(), k32, x0), k32, x1))
+    e1 = sub_i32(dot_u8s8(dot_u8s8(zero_i32(), c2, x2), c3, x3), dot_u8s8(dot_u8s8(zero_i32(), k32, x2), k32, x3))
+    dx = splat_f32(xd[t, b])
+    a = fma_f32(to_f32(e0), mul_f32(d0, dx), a)
+    return fma_f32(to_f32(e1), mul_f32(d1, dx), a)
+
+
+def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
+    """y[t, g*8 + r] for q6 groups g0 <= g < g1 and all rows t (serial; the fused step's MM slot
+    contract, m/xs/acc unused). Four activation rows share each unpacked block. Global: q6_step."""
+    T, k = xq.shape[0], xq.shape[1]
+    nb, ny = k // QK, y.shape[1]
+    T4 = T - T % 4
+    for g in range(g0, g1):
+        go, gd = g * qs.shape[1], g * d.shape[1]
+        for t0 in range(0, T4, 4):
+            a0, a1, a2, a3 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
+            for b in range(nb):
+                c0, c1, c2, c3 = unpack_q6(qs, go + b * Q6_BYTES)
+                d0, d1 = load_pairs_f32x16(d, gd + b * 16), load_pairs_f32x16(d, gd + b * 16 + 8)
+                a0 = q6_step(xq, xd, t0, k, b, c0, c1, c2, c3, d0, d1, a0)
+                a1 = q6_step(xq, xd, t0 + 1, k, b, c0, c1, c2, c3, d0, d1, a1)
+                a2 = q6_step(xq, xd, t0 + 2, k, b, c0, c1, c2, c3, d0, d1, a2)
+                a3 = q6_step(xq, xd, t0 + 3, k, b, c0, c1, c2, c3, d0, d1, a3)
+            store_pair_sums(y, t0 * ny + g * R, a0)
+            store_pair_sums(y, (t0 + 1) * ny + g * R, a1)
+            store_pair_sums(y, (t0 + 2) * ny + g * R, a2)
+            store_pair_sums(y, (t0 + 3) * ny + g * R, a3)
+        for t in range(T4, T):
+            a = zero_f32()
+            for b in range(nb):
+                c0, c1, c2, c3 = unpack_q6(qs, go + b * Q6_BYTES)
+                d0, d1 = load_pairs_f32x16(d, gd + b * 16), load_pairs_f32x16(d, gd + b * 16 + 8)
+                a = q6_step(xq, xd, t, k, b, c0, c1, c2, c3, d0, d1, a)
+            store_pair_sums(y, t * ny + g * R, a)
+
+
+def _mul_q6_par(qs, d, m, xq, xd, xs, y):
+    """The parallel q6 matmul: tasks of GROUPS_PER_TASK groups. Global bound per build: mm."""
+    G = qs.shape[0]
+    for task in prange((G + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK):
+        acc = np.empty(0, dtype=np.float32)
+        mm(qs, d, m, xq, xd, xs, task * GROUPS_PER_TASK, min(G, (task + 1) * GROUPS_PER_TASK), y, acc)
+
+
+def _mul_q6_plain(qs, d, m, xq, xd, xs, y):
+    """Portable twin of the q6 kernels: scalar integer loops."""
+    G, T, k = qs.shape[0], xq.shape[0], xq.shape[1]
+    nb = k // QK
+    for g in prange(G):
+        for t in range(T):
+            for r in range(R):
+                acc = np.float32(0.0)
+                for b in range(nb):
+                    for h in range(2):
+                        dot = 0
+                        for j in range(h * 16, h * 16 + 16):
+                            dot += (np.int32(q6_at(qs, g, b, r, j)) - 32) * np.int32(xq[t, b * QK + j])
+                        acc += d[g, b * 16 + h * 8 + r] * xd[t, b] * np.float32(dot)
+                y[t, g * R + r] = acc
+
+
+def _bind_inline(fn: Callable, suffix: str, **bindings) -> Callable:
+    """An njit(inline="always") copy of helper `fn` with some globals rebound (cf. isa.specialize)."""
+    import types as pytypes
+    from numba import njit as _njit
+    f = pytypes.FunctionType(fn.__code__, {**fn.__globals__, **bindings}, f"{fn.__name__}_{suffix}")
+    f.__qualname__, f.__module__ = f.__name__, fn.__module__
+    return _njit(inline="always", cache=True, fastmath=True)(f)
+
+
+_Q6_DOTS = {VNNI: simd.dot_u8s8_vnni, AVX2: simd.dot_u8s8_avx2}   # u < 64: the AVX2 dot cannot saturate
+
+
+@functools.cache
+def q6_groups(isa: str) -> Callable:
+    """The serial q6 matmul over a group range on `isa` (VNNI or AVX2)."""
+    step = _bind_inline(_q6_step, isa, dot_u8s8=_Q6_DOTS[isa])
+    return specialize(_mm_q6_groups, isa, parallel=False, q6_step=step)
+
+
+@functools.cache
+def q6_kernel(isa: str) -> Callable:
+    if isa == PORTABLE:
+        return specialize(_mul_q6_plain, "portable")
+    return specialize(_mul_q6_par, isa, mm=q6_groups(isa))
+
+
 _DOTS = {VNNI: (simd.dot_u8s8_vnni, simd.dot_u8s8_vnni), AVX2: (simd.dot_u8s8_avx2, simd.dot_u8s8_avx2_wide)}
 
 
@@ -108,6 +203,9 @@ def mul_r8(w: R8Weight, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, isa: str
     Rows past w.rows are padding (zero)."""
     if out is None:
         out = np.empty((xq.shape[0], w.qs.shape[0] * R), dtype=np.float32)   # [T, n padded]
+    if w.kind == Q6:
+        q6_kernel(isa)(w.qs, w.d, w.m, xq, xd, xs, out)
+        return out
     r8_kernel(w.kind, isa, w.wide)(w.qs, w.d, w.m, xq, xd, xs, out)
     return out
 

@@ -303,3 +303,67 @@ def cycles(typingctx):
     def codegen(ctx, b, sig, args):
         return _intr(b, "llvm.readcyclecounter", _I64, [])
     return types.int64(), codegen
+
+
+# --- Q6 (6-bit) r8 blocks ----------------------------------------------------------------------
+@intrinsic
+def unpack_q6(typingctx, arr, offset):
+    """192 bytes of a q6 group-block (kernels.quant) -> its four 8x8 chunks as bytes 0..63:
+    chunk 2i / 2i+1 take the low / high nibbles of bytes [64i, 64i+64), and bits 2c..2c+1 of
+    bytes [128, 192) are chunk c's two high bits."""
+    def codegen(ctx, b, sig, args):
+        vt = _LLVM[I8x64]
+        lo = [b.load(_ptr(ctx, b, sig.args[0], args[0], b.add(args[1], ctx.get_constant(sig.args[1], 64 * i)), vt),
+                      align=1) for i in range(3)]
+        mask, m3 = _splat(_I8(0x0F), 64), _splat(_I8(0x30), 64)
+        out = []
+        for c in range(4):
+            v = lo[c >> 1]
+            nib = b.and_(v, mask) if c % 2 == 0 else b.lshr(v, _splat(_I8(4), 64))
+            h = lo[2]
+            sh = 2 * c - 4                     # move bits 2c..2c+1 to bits 4..5
+            h = b.shl(h, _splat(_I8(-sh), 64)) if sh < 0 else (b.lshr(h, _splat(_I8(sh), 64)) if sh else h)
+            out.append(b.or_(nib, b.and_(h, m3)))
+        return ctx.make_tuple(b, sig.return_type, out)
+    return types.UniTuple(I8x64, 4)(arr, offset), codegen
+
+
+@intrinsic
+def const32_i8x64(typingctx):
+    """64 bytes of 32 (the offset of Q6_K quants): dot(const32, x) = 32 * the lane's activation sum."""
+    return I8x64(), lambda ctx, b, sig, args: _splat(_I8(32), 64)
+
+
+@intrinsic
+def sub_i32(typingctx, a, c):
+    return I32x16(a, c), lambda ctx, b, sig, args: b.sub(args[0], args[1])
+
+
+# --- dense float rows (kernels.ops.mul_dense) ---------------------------------------------------
+@intrinsic
+def load_w16(typingctx, arr, offset):
+    """16 consecutive elements of a float32 array, or of a uint16 array holding float16 bits
+    (converted with vcvtph2ps), as float32 lanes."""
+    half = arr.dtype == types.uint16
+
+    def codegen(ctx, b, sig, args):
+        if half:
+            v = b.load(_ptr(ctx, b, sig.args[0], args[0], args[1], ir.VectorType(ir.HalfType(), 16)), align=2)
+            return b.fpext(v, _LLVM[F32x16])
+        return b.load(_ptr(ctx, b, sig.args[0], args[0], args[1], _LLVM[F32x16]), align=4)
+    return F32x16(arr, offset), codegen
+
+
+@intrinsic
+def hsum_f32(typingctx, v):
+    """The sum of the 16 lanes (a halving tree of adds)."""
+    def codegen(ctx, b, sig, args):
+        v = args[0]
+        n = 16
+        while n > 1:
+            n //= 2
+            lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+            hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+            v = b.fadd(lo, hi)
+        return b.extract_element(v, _I32(0))
+    return types.float32(v), codegen

@@ -27,7 +27,7 @@ from localllm.models.synthetic import quantize_q4_k, quantize_q6_k
 
 from conftest import assert_close_to_llama_cpp, closeness
 
-R8_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K]
+R8_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K]
 ISAS = [PORTABLE, AVX2, VNNI]
 SHAPES = [(1, 37, 96), (5, 8, 32), (3, 67, 256), (9, 16, 544)]   # (T, rows, cols): odd rows, k % 256 != 0
 
@@ -86,7 +86,7 @@ def test_quantize_q8_0_matches_ggml():
 @pytest.mark.parametrize("qtype", R8_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("T,n,k", SHAPES)
 def test_mul_r8(qtype, isa, T, n, k):
-    if qtype == QT.Q4_K and k % 256:
+    if qtype in (QT.Q4_K, QT.Q6_K) and k % 256:
         k = 256 * max(1, k // 256)
     t = _tensor(qtype, n, k, seed=n + k)
     w = dequantize(t.data, qtype).reshape(n, k)                              # [n, k] float32

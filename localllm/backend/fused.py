@@ -5,7 +5,7 @@ every layer matrix in an r8 encoding, shapes the stages can cut) and lays its we
 per slot (QKV stacked by rows, O, gate, up, down) one [n_layers, groups, bytes] array, whose
 per-layer slices then replace the readable path's arrays (views: the memory is not doubled).
 Calling the plan runs the step; scratch buffers are allocated once per token count.
-An output projection outside the r8 encodings (a Q6_K or float head) runs through the backend's
+An output projection outside the r8 encodings (a float head, or a K-quant other than Q4_K/Q6_K) runs through the backend's
 ordinary matmul on the normed rows the step leaves behind."""
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The fast CPU backend: Numba kernels (localllm.kernels) behind NumpyBackend's interface.
 
-Weights change layout once, in `upload`: Q4_0/Q4_1/Q4_K/Q5_0/Q8_0 matrices are repacked into the
+Weights change layout once, in `upload`: Q4_0/Q4_1/Q4_K/Q5_0/Q8_0/Q6_K matrices are repacked into the
 row-interleaved r8 layout and multiplied in int8 against Q8_0-quantized activations (as llama.cpp
 does), with the instruction set picked at run time (AVX-512 VNNI, AVX2, or portable loops).
-Other matrix types (F32, F16 kept as is; Q6_K and the rest dequantized to float32) use a
+Other matrix types (F32, F16 kept as is; the rest dequantized to float32) use a
 vectorised float matmul. Each op is one compiled call writing into a fresh output array."""
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class DenseWeight:
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
+    kv_types = ("f16",)   # its attention kernels read the float16 cache directly
 
     def __init__(self, threads: int | None = None, isa: str | None = None) -> None:
         super().__init__(threads)
@@ -71,6 +72,8 @@ class NumbaBackend(NumpyBackend):
         t = tensor.type
         if tensor.data.ndim == 1:
             return f"{t.name}: float32 vector"
+        if t == QT.Q6_K:
+            return f"{t.name}: r8 6-bit bytes + float32 d*sc per 16 columns, int8 dot with Q8_0 activations ({self.isa})"
         if t in R8_TYPES:
             kind = "u4 nibbles" if t in (QT.Q4_0, QT.Q4_1, QT.Q4_K) else "u8 bytes"
             scales = "float32" if t == QT.Q4_K else "float16"

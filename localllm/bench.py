@@ -19,7 +19,8 @@ MEMORY_BOUND = 0.5           # decode at >= half the roofline: bandwidth is what
 
 
 def dram_read_gbps(threads: int | None = None, nbytes: int = PROBE_BYTES, repeats: int = 5) -> float:
-    """Best-of-N read bandwidth of our multi-threaded SIMD read kernel over `nbytes`, in GB/s."""
+    """Median read bandwidth of our multi-threaded SIMD read kernel over `nbytes`, in GB/s (the
+    median, not the best: a virtual machine's occasional too-fast sweep would inflate the roofline)."""
     import numba
 
     from .kernels.membw import read_xor_u64
@@ -27,12 +28,12 @@ def dram_read_gbps(threads: int | None = None, nbytes: int = PROBE_BYTES, repeat
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     a = np.ones(nbytes // 8, dtype=np.uint64)          # [n] written once so every page is resident
     read_xor_u64(a)                                     # compile / warm
-    best = 0.0
+    rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         read_xor_u64(a)
-        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
-    return best
+        rates.append(a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
 
 
 def weights_bytes_per_token(llm) -> int:

@@ -25,6 +25,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWrit
 from gguf.constants import GGML_QUANT_VERSION
 from gguf.quants import quantize
 
+from ..tokenizer.bpe import BYTE_TO_CHAR
+
 log = logging.getLogger(__name__)
 
 Q = GGMLQuantizationType
@@ -346,24 +348,10 @@ _PRETOKENIZE = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\
 
 
 @functools.cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (byte-level BPE symbols)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-@functools.cache
 def build_bpe_vocab(n_merges: int = DEFAULT_MERGES) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(tokens, merges) of a byte-level BPE learned on a small English text: the specials first
     (ids 0-2, like SmolLM2), then the 256 byte symbols, then each merge's new symbol."""
-    b2u = bytes_to_unicode()
+    b2u = dict(enumerate(BYTE_TO_CHAR))   # GPT-2's byte -> printable symbol table
     words = Counter(tuple(b2u[b] for b in w.encode()) for w in _PRETOKENIZE.findall(_CORPUS))
     tokens = [*SPECIAL_TOKENS, *(b2u[b] for b in range(256))]
     known, merges = set(tokens), []

@@ -16,26 +16,22 @@ Every op reproduces its op-by-op twin (`kernels.ops`, `kernels.qmatmul`, `kernel
 same float order, so the fused step gives the readable path's logits up to summation order.
 
 The quantized matmul helpers are compiled per (weight encoding, instruction set) like
-`qmatmul._mul_r8_simd`, and the step per combination of the encodings of its five weight slots.
+`qmatmul._mm_r8_groups`, and the step per combination of the encodings of its five weight slots.
 """
 from __future__ import annotations
 
 import functools
 import math
-import types as pytypes
 from typing import Callable
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from .isa import AVX2, VNNI, specialize
-from .qmatmul import TILE, _unpack_u4, _unpack_u8, q6_groups
-from .quant import Q6, QK, R, U4, _quantize_row
-from . import simd
-from .simd import (atomic_add_i64, atomic_load_i64, atomic_xchg_i64, bcast8_i8x64, cpu_relax, cycles, f16_to_f32,
-                   f32_to_f16, fma_f32, load_f32x16, load_pairs_f32x16, mul_f32, splat_f32, store_f32x16,
-                   store_pair_sums, to_f32, zero_f32, zero_i32)
+from .isa import specialize
+from .qmatmul import TILE, q6_groups, r8_groups
+from .quant import Q6, QK, R, _quantize_row
+from .simd import atomic_add_i64, atomic_load_i64, atomic_xchg_i64, cpu_relax, cycles, f16_to_f32, f32_to_f16
 
 SYNC = 16          # int64 slots per stage in the sync array: claim counter at 0, done counter at 8
 RESCUE_CYCLES = 200_000  # a wait this long (~60 µs) means a preempted sibling: take over its chunks
@@ -103,110 +99,11 @@ def _rope_row(x, cos, sin, neox, out):
         out[b_i] = a * sin[i] + b * cos[i]
 
 
-# --- r8 x Q8_0 on a range of 8-row groups (qmatmul._mul_r8_simd's body, serial) ------------------
-def _mm_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
-    """y[t, g*8 + r] for groups g0 <= g < g1 and all rows t of xq. Globals bound per build:
-    unpack, dot_u8s8, BLOCK_BYTES. acc: float32 scratch [TILE * 16]."""
-    T, k = xq.shape[0], xq.shape[1]
-    nb, ny = k // QK, y.shape[1]
-    if T == 1:                                   # decode: the accumulator stays in a register
-        for g in range(g0, g1):
-            a = zero_f32()
-            for b in range(nb):
-                c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
-                dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
-                xo = b * QK
-                dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
-                dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
-                dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
-                dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-                a = fma_f32(mw, splat_f32(xs[0, b]), a)
-                a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[0, b])), a)
-            store_pair_sums(y, g * R, a)
-        return
-    T4 = T - T % 4
-    g2 = g0 + (g1 - g0) // 2 * 2
-    for g in range(g0, g2, 2):                  # prefill: 2 groups x 4 rows held in registers
-        for t0 in range(0, T4, 4):
-            a00, a01, a02, a03 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
-            a10, a11, a12, a13 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
-            for b in range(nb):
-                p0, p1, p2, p3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
-                q0, q1, q2, q3 = unpack(qs, (g + 1) * qs.shape[1] + b * BLOCK_BYTES)
-                dw0 = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw0 = load_pairs_f32x16(m, g * m.shape[1] + b * R)
-                dw1 = load_pairs_f32x16(d, (g + 1) * d.shape[1] + b * R)
-                mw1 = load_pairs_f32x16(m, (g + 1) * m.shape[1] + b * R)
-                a00, a10 = _tile_step(xq, xd, xs, t0, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a00, a10)
-                a01, a11 = _tile_step(xq, xd, xs, t0 + 1, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a01, a11)
-                a02, a12 = _tile_step(xq, xd, xs, t0 + 2, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a02, a12)
-                a03, a13 = _tile_step(xq, xd, xs, t0 + 3, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a03, a13)
-            store_pair_sums(y, t0 * ny + g * R, a00)
-            store_pair_sums(y, (t0 + 1) * ny + g * R, a01)
-            store_pair_sums(y, (t0 + 2) * ny + g * R, a02)
-            store_pair_sums(y, (t0 + 3) * ny + g * R, a03)
-            store_pair_sums(y, t0 * ny + (g + 1) * R, a10)
-            store_pair_sums(y, (t0 + 1) * ny + (g + 1) * R, a11)
-            store_pair_sums(y, (t0 + 2) * ny + (g + 1) * R, a12)
-            store_pair_sums(y, (t0 + 3) * ny + (g + 1) * R, a13)
-    for g in range(g0, g1):                     # what is left: odd group, last T % 4 rows
-        for t0 in range(T4 if g < g2 else 0, T, TILE):
-            nt = min(TILE, T - t0)
-            for i in range(nt):
-                store_f32x16(acc, i * 16, zero_f32())
-            for b in range(nb):
-                c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
-                dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
-                for i in range(nt):
-                    t = t0 + i
-                    xo = t * k + b * QK
-                    dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
-                    dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
-                    dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
-                    dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-                    a = fma_f32(mw, splat_f32(xs[t, b]), load_f32x16(acc, i * 16))
-                    a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
-                    store_f32x16(acc, i * 16, a)
-            for i in range(nt):
-                store_pair_sums(y, (t0 + i) * ny + g * R, load_f32x16(acc, i * 16))
-
-
-def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a0, a1):
-    """One block of one activation row against two groups (each broadcast feeds both)."""
-    xo = t * k + b * QK
-    x0, x1, x2, x3 = bcast8_i8x64(xq, xo), bcast8_i8x64(xq, xo + 8), bcast8_i8x64(xq, xo + 16), bcast8_i8x64(xq, xo + 24)
-    e0 = dot_u8s8(dot_u8s8(dot_u8s8(dot_u8s8(zero_i32(), p0, x0), p1, x1), p2, x2), p3, x3)
-    e1 = dot_u8s8(dot_u8s8(dot_u8s8(dot_u8s8(zero_i32(), q0, x0), q1, x1), q2, x2), q3, x3)
-    sx, dx = splat_f32(xs[t, b]), splat_f32(xd[t, b])
-    a0 = fma_f32(to_f32(e0), mul_f32(dw0, dx), fma_f32(mw0, sx, a0))
-    a1 = fma_f32(to_f32(e1), mul_f32(dw1, dx), fma_f32(mw1, sx, a1))
-    return a0, a1
-
-
-_DOT = {VNNI: simd.dot_u8s8_vnni, AVX2: simd.dot_u8s8_avx2_wide}
-
-
-@functools.cache
-def _tile_steps(isa: str) -> Callable:
-    fn = pytypes.FunctionType(_tile_step.__code__, {**_tile_step.__globals__, "dot_u8s8": _DOT[isa]},
-                              f"_tile_step_{isa}")
-    fn.__qualname__, fn.__module__ = fn.__name__, _tile_step.__module__
-    return njit(inline="always", cache=True, fastmath=True)(fn)
-
-
 @functools.cache
 def mm_groups(kind: str, isa: str) -> Callable:
-    """The serial r8 matmul over a group range for weights of encoding `kind` on `isa`.
-    AVX2 always takes the non-saturating dot product: a slot may hold Q8_0 (u up to 255).
-    Q6 (Q6_K) slots take qmatmul's q6 kernel (same contract; m and acc unused)."""
-    if kind == Q6:
-        return q6_groups(isa)
-    tile = _tile_steps(isa)
-    return specialize(_mm_groups, f"{kind}_{isa}", parallel=False, dot_u8s8=_DOT[isa], _tile_step=tile,
-                      unpack=_unpack_u4 if kind == U4 else _unpack_u8,
-                      BLOCK_BYTES=QK * R // 2 if kind == U4 else QK * R)
+    """The serial matmul over a group range for a fused-step slot of encoding `kind` on `isa`.
+    AVX2 always takes the non-saturating dot product: a slot may hold Q8_0 (u up to 255)."""
+    return q6_groups(isa) if kind == Q6 else r8_groups(kind, isa, wide=True)
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -229,7 +126,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
     NH, NL, NP = hb.shape[0], qkv.shape[0], proj.shape[0]
     L, ffn = attn_norm.shape[0], gbuf.shape[2]
     koff, voff = H * dk, H * dk + KV * dk
-    G_qkv, G_o, G_ff, G_dn, G_out = qkv_qs.shape[1], o_qs.shape[1], gate_qs.shape[1], down_qs.shape[1], out_qs.shape[0]
+    G_qkv, G_o, G_dn, G_out = qkv_qs.shape[1], o_qs.shape[1], down_qs.shape[1], out_qs.shape[0]
     n_qkv, n_o, n_ff, n_dn = (G_qkv + GPC - 1) // GPC, (G_o + GPC - 1) // GPC, ffn // QK, (G_dn + GPC - 1) // GPC
     n_out = (G_out + GPC_OUT - 1) // GPC_OUT
     To = T - r0

@@ -1,10 +1,11 @@
 """Quantized matmul: r8 weights (kernels.quant) times Q8_0 activations, y[t, n] = sum_k x[t,k] w[n,k].
 
 One source per algorithm, compiled per (weight encoding, instruction set) by `kernels.isa.specialize`:
-  _mul_r8_simd   zmm-shaped: per 32-column block, four `dot_u8s8` (u8 weights x broadcast int8
-                 activations) give int32 per lane, then lane += d_w*d_x*dot + m_w*s_x in float32.
-                 Each weight block is decoded once and reused for TILE activation rows (prefill);
-                 a single row (decode) is the same loop with one row.
+  _mm_r8_groups  zmm-shaped, serial over a range of 8-row groups: per 32-column block, four
+                 `dot_u8s8` (u8 weights x broadcast int8 activations) give int32 per lane, then
+                 lane += d_w*d_x*dot + m_w*s_x in float32. Decode keeps the accumulator in a
+                 register; prefill holds 2 groups x 4 activation rows. The fused step calls it
+                 directly; `_mul_par` runs it over parallel tasks (so does the q6 kernel).
   _mul_r8_plain  the portable twin: plain integer loops over the same layout (and the oracle the
                  SIMD builds are tested against).
 Block math is ggml's (q4_1 x q8_1): sum_b d_w[b] d_x[b] sum_j u_j q_j + m_w[b] d_x[b] sum_j q_j.
@@ -40,38 +41,90 @@ def _unpack_u8(qs, off):
     return load_i8x64(qs, off), load_i8x64(qs, off + 64), load_i8x64(qs, off + 128), load_i8x64(qs, off + 192)
 
 
-def _mul_r8_simd(qs, d, m, xq, xd, xs, y):
-    """qs uint8 [G, nb*BLOCK_BYTES], d/m [G, nb*8], xq int8 [T, k], xd/xs float32 [T, nb],
-    y float32 [T, G*8] (written). Globals bound per build: unpack, dot_u8s8, BLOCK_BYTES."""
-    G, T, k = qs.shape[0], xq.shape[0], xq.shape[1]
+# --- r8 x Q8_0 on a range of 8-row groups: the serial body of the matmul and of the fused step
+def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
+    """y[t, g*8 + r] for groups g0 <= g < g1 and all rows t of xq. Globals bound per build:
+    unpack, dot_u8s8, BLOCK_BYTES. acc: float32 scratch [TILE * 16]."""
+    T, k = xq.shape[0], xq.shape[1]
     nb, ny = k // QK, y.shape[1]
-    for task in prange((G + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK):
-        acc = np.empty(TILE * 16, dtype=np.float32)                     # [TILE, 16 lanes]
-        for g in range(task * GROUPS_PER_TASK, min(G, (task + 1) * GROUPS_PER_TASK)):
-            for t0 in range(0, T, TILE):
-                nt = min(TILE, T - t0)
+    if T == 1:                                   # decode: the accumulator stays in a register
+        for g in range(g0, g1):
+            a = zero_f32()
+            for b in range(nb):
+                c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
+                dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
+                mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
+                xo = b * QK
+                dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
+                dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
+                dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
+                dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
+                a = fma_f32(mw, splat_f32(xs[0, b]), a)
+                a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[0, b])), a)
+            store_pair_sums(y, g * R, a)
+        return
+    T4 = T - T % 4
+    g2 = g0 + (g1 - g0) // 2 * 2
+    for g in range(g0, g2, 2):                  # prefill: 2 groups x 4 rows held in registers
+        for t0 in range(0, T4, 4):
+            a00, a01, a02, a03 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
+            a10, a11, a12, a13 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
+            for b in range(nb):
+                p0, p1, p2, p3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
+                q0, q1, q2, q3 = unpack(qs, (g + 1) * qs.shape[1] + b * BLOCK_BYTES)
+                dw0 = load_pairs_f32x16(d, g * d.shape[1] + b * R)
+                mw0 = load_pairs_f32x16(m, g * m.shape[1] + b * R)
+                dw1 = load_pairs_f32x16(d, (g + 1) * d.shape[1] + b * R)
+                mw1 = load_pairs_f32x16(m, (g + 1) * m.shape[1] + b * R)
+                a00, a10 = _tile_step(xq, xd, xs, t0, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a00, a10)
+                a01, a11 = _tile_step(xq, xd, xs, t0 + 1, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a01, a11)
+                a02, a12 = _tile_step(xq, xd, xs, t0 + 2, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a02, a12)
+                a03, a13 = _tile_step(xq, xd, xs, t0 + 3, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a03, a13)
+            store_pair_sums(y, t0 * ny + g * R, a00)
+            store_pair_sums(y, (t0 + 1) * ny + g * R, a01)
+            store_pair_sums(y, (t0 + 2) * ny + g * R, a02)
+            store_pair_sums(y, (t0 + 3) * ny + g * R, a03)
+            store_pair_sums(y, t0 * ny + (g + 1) * R, a10)
+            store_pair_sums(y, (t0 + 1) * ny + (g + 1) * R, a11)
+            store_pair_sums(y, (t0 + 2) * ny + (g + 1) * R, a12)
+            store_pair_sums(y, (t0 + 3) * ny + (g + 1) * R, a13)
+    for g in range(g0, g1):                     # what is left: odd group, last T % 4 rows
+        for t0 in range(T4 if g < g2 else 0, T, TILE):
+            nt = min(TILE, T - t0)
+            for i in range(nt):
+                store_f32x16(acc, i * 16, zero_f32())
+            for b in range(nb):
+                c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
+                dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
+                mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
                 for i in range(nt):
-                    store_f32x16(acc, i * 16, zero_f32())
-                for b in range(nb):
-                    c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
-                    dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)   # lanes 2r, 2r+1: row r
-                    mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
-                    for i in range(nt):
-                        t = t0 + i
-                        xo = t * k + b * QK
-                        dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
-                        dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
-                        dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
-                        dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-                        a = fma_f32(mw, splat_f32(xs[t, b]), load_f32x16(acc, i * 16))
-                        a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
-                        store_f32x16(acc, i * 16, a)
-                for i in range(nt):
-                    store_pair_sums(y, (t0 + i) * ny + g * R, load_f32x16(acc, i * 16))
+                    t = t0 + i
+                    xo = t * k + b * QK
+                    dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
+                    dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
+                    dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
+                    dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
+                    a = fma_f32(mw, splat_f32(xs[t, b]), load_f32x16(acc, i * 16))
+                    a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
+                    store_f32x16(acc, i * 16, a)
+            for i in range(nt):
+                store_pair_sums(y, (t0 + i) * ny + g * R, load_f32x16(acc, i * 16))
+
+
+def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a0, a1):
+    """One block of one activation row against two groups (each broadcast feeds both)."""
+    xo = t * k + b * QK
+    x0, x1, x2, x3 = bcast8_i8x64(xq, xo), bcast8_i8x64(xq, xo + 8), bcast8_i8x64(xq, xo + 16), bcast8_i8x64(xq, xo + 24)
+    e0 = dot_u8s8(dot_u8s8(dot_u8s8(dot_u8s8(zero_i32(), p0, x0), p1, x1), p2, x2), p3, x3)
+    e1 = dot_u8s8(dot_u8s8(dot_u8s8(dot_u8s8(zero_i32(), q0, x0), q1, x1), q2, x2), q3, x3)
+    sx, dx = splat_f32(xs[t, b]), splat_f32(xd[t, b])
+    a0 = fma_f32(to_f32(e0), mul_f32(dw0, dx), fma_f32(mw0, sx, a0))
+    a1 = fma_f32(to_f32(e1), mul_f32(dw1, dx), fma_f32(mw1, sx, a1))
+    return a0, a1
 
 
 def _mul_r8_plain(qs, d, m, xq, xd, xs, y):
-    """Same contract as _mul_r8_simd, scalar loops. Global bound per build: IS_U4."""
+    """Same contract as _mul_par over _mm_r8_groups, scalar loops. Global bound per build: IS_U4."""
     G, T, k = qs.shape[0], xq.shape[0], xq.shape[1]
     nb = k // QK
     for g in prange(G):
@@ -131,11 +184,11 @@ def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
             store_pair_sums(y, t * ny + g * R, a)
 
 
-def _mul_q6_par(qs, d, m, xq, xd, xs, y):
-    """The parallel q6 matmul: tasks of GROUPS_PER_TASK groups. Global bound per build: mm."""
+def _mul_par(qs, d, m, xq, xd, xs, y):
+    """The parallel matmul, r8 or q6: tasks of GROUPS_PER_TASK groups. Global bound per build: mm."""
     G = qs.shape[0]
     for task in prange((G + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK):
-        acc = np.empty(0, dtype=np.float32)
+        acc = np.empty(TILE * 16, dtype=np.float32)                     # [TILE, 16 lanes] scratch
         mm(qs, d, m, xq, xd, xs, task * GROUPS_PER_TASK, min(G, (task + 1) * GROUPS_PER_TASK), y, acc)
 
 
@@ -179,22 +232,29 @@ def q6_groups(isa: str) -> Callable:
 def q6_kernel(isa: str) -> Callable:
     if isa == PORTABLE:
         return specialize(_mul_q6_plain, "portable")
-    return specialize(_mul_q6_par, isa, mm=q6_groups(isa))
+    return specialize(_mul_par, f"q6_{isa}", mm=q6_groups(isa))
 
 
 _DOTS = {VNNI: (simd.dot_u8s8_vnni, simd.dot_u8s8_vnni), AVX2: (simd.dot_u8s8_avx2, simd.dot_u8s8_avx2_wide)}
 
 
 @functools.cache
-def r8_kernel(kind: str, isa: str, wide: bool = False) -> Callable:
-    """The compiled kernel for weights of encoding `kind` (U4/U8) on instruction set `isa`.
-    `wide`: some u bytes are >= 128, so the AVX2 build must use the non-saturating dot product."""
-    if isa == PORTABLE:
-        return specialize(_mul_r8_plain, f"{kind}_portable", IS_U4=kind == U4)
+def r8_groups(kind: str, isa: str, wide: bool) -> Callable:
+    """The serial r8 matmul over a group range for encoding `kind` (U4/U8) on `isa` (VNNI or AVX2).
+    `wide`: some u bytes are >= 128, so AVX2 must use the non-saturating dot product."""
     dot = _DOTS[isa][int(wide)]
-    return specialize(_mul_r8_simd, f"{kind}_{isa}{'_wide' if wide else ''}", dot_u8s8=dot,
+    return specialize(_mm_r8_groups, f"{kind}_{isa}{'_wide' if wide else ''}", parallel=False, dot_u8s8=dot,
+                      _tile_step=_bind_inline(_tile_step, f"{isa}{'_wide' if wide else ''}", dot_u8s8=dot),
                       unpack=_unpack_u4 if kind == U4 else _unpack_u8,
                       BLOCK_BYTES=QK * R // 2 if kind == U4 else QK * R)
+
+
+@functools.cache
+def r8_kernel(kind: str, isa: str, wide: bool = False) -> Callable:
+    """The compiled parallel kernel for weights of encoding `kind` (U4/U8) on instruction set `isa`."""
+    if isa == PORTABLE:
+        return specialize(_mul_r8_plain, f"{kind}_portable", IS_U4=kind == U4)
+    return specialize(_mul_par, f"r8_{kind}_{isa}{'_wide' if wide else ''}", mm=r8_groups(kind, isa, wide))
 
 
 def mul_r8(w: R8Weight, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, isa: str,

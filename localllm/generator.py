@@ -112,7 +112,6 @@ def generate_ids(seq: Sequence, prompt: list[int], sampler: Sampler, max_tokens:
             if max_tokens >= 0 and stats.generated_tokens >= max_tokens:
                 return
             logits = seq.step(token)
-            stats.gen_ms = (time.perf_counter() - t0) * 1e3
     finally:
         stats.gen_ms = (time.perf_counter() - t0) * 1e3
 

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from .merge import merge_symbols
+from .merge import encode_words, merge_symbols
 from .pretokenizers import PreSplitter
 from .special import Fragment
 from .vocab import ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Vocab
 
-_CACHE_LIMIT = 1 << 18  # pre-tokens remembered; cleared when full so odd inputs cannot grow it forever
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -56,14 +55,7 @@ class BPEModel:
         return out
 
     def _encode_text(self, text: str, out: list[int]) -> None:
-        cache = self._cache
-        for word in self._splitter.split(text):
-            ids = cache.get(word)
-            if ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[word] = self._encode_word(word)
-            out.extend(ids)
+        encode_words(self._splitter.split(text), self._cache, self._encode_word, out)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         encoded = word.encode("utf-8", "surrogatepass").decode("latin-1").translate(_LATIN1_TO_BYTE_CHARS)

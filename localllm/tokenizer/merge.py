@@ -9,7 +9,7 @@ spaces) take the queue so they stay O(n log n).
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 # priority(left, right) -> a key where smaller merges first, or None when the pair cannot merge.
 # Keys are finite floats (SentencePiece clamps its infinite ones), so inf can mark "no merge".
@@ -72,3 +72,19 @@ def _merge_with_queue(symbols: list[str], priority: Priority) -> list[str]:
         push(prv[left], left)
         push(left, nxt[left])
     return [t for t in text if t]
+
+
+CACHE_LIMIT = 1 << 18  # words remembered; cleared when full so odd inputs cannot grow it forever
+
+
+def encode_words(words: Iterable[str], cache: dict[str, tuple[int, ...]],
+                 encode_word: Callable[[str], tuple[int, ...]], out: list[int]) -> None:
+    """Append each word's ids to `out`, through a per-word cache: real text repeats its words,
+    and skipping their merge loops is most of the tokenizers' speed."""
+    for word in words:
+        ids = cache.get(word)
+        if ids is None:
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            ids = cache[word] = encode_word(word)
+        out.extend(ids)

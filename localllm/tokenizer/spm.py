@@ -8,12 +8,11 @@ import numpy as np
 import regex
 
 from ..errors import LocalLLMError
-from .merge import merge_symbols
+from .merge import encode_words, merge_symbols
 from .special import Fragment
 from .vocab import ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Vocab
 
 SPACE = "\u2581"  # '▁', SentencePiece's escaped space
-_CACHE_LIMIT = 1 << 18
 
 
 class SPMModel:
@@ -69,14 +68,7 @@ class SPMModel:
         return out
 
     def _encode_text(self, text: str, out: list[int]) -> None:
-        cache = self._cache
-        for word in self._words.findall(text):
-            ids = cache.get(word)
-            if ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[word] = self._encode_word(word)
-            out.extend(ids)
+        encode_words(self._words.findall(text), self._cache, self._encode_word, out)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         token_to_id, priorities = self._vocab.token_to_id, self._priority

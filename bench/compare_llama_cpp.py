@@ -172,10 +172,12 @@ def main() -> None:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--what", default="decode,prefill")
+    ap.add_argument("--what", default="decode,prefill", help="decode, prefill or both (comma-separated)")
     ap.add_argument("--startup", action="store_true",
                     help="only time load + first token of localllm: cold (empty Numba cache) and warm")
     args = ap.parse_args()
+    if not args.what or not set(args.what.split(",")) <= {"decode", "prefill"}:
+        ap.error(f"--what: expected decode, prefill or decode,prefill, not {args.what!r}")
     if args.startup:
         startup(args)
         return

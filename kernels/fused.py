@@ -99,11 +99,15 @@ def _rope_row(x, cos, sin, neox, out):
         out[b_i] = a * sin[i] + b * cos[i]
 
 
+Encoding = tuple[str, int]   # (R8Weight.kind, R8Weight.zero)
+
+
 @functools.cache
-def mm_groups(kind: str, isa: str) -> Callable:
-    """The serial matmul over a group range for a fused-step slot of encoding `kind` on `isa`.
+def mm_groups(enc: Encoding, isa: str) -> Callable:
+    """The serial matmul over a group range for a fused-step slot of encoding `enc` on `isa`.
     AVX2 always takes the non-saturating dot product: a slot may hold Q8_0 (u up to 255)."""
-    return q6_groups(isa) if kind == Q6 else r8_groups(kind, isa, wide=True)
+    kind, zero = enc
+    return q6_groups(isa) if kind == Q6 else r8_groups(kind, isa, True, zero)
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -294,9 +298,10 @@ def sync_slots(n_layers: int) -> int:
 
 
 @functools.cache
-def llama_step(isa: str, qkv: str, o: str, ff: str, down: str, out: str) -> Callable:
-    """The fused step for weight encodings (U4/U8) of the QKV, O, gate+up, down and output slots."""
-    return specialize(_llama_step, f"{isa}_{qkv}{o}{ff}{down}{out}",
+def llama_step(isa: str, qkv: Encoding, o: Encoding, ff: Encoding, down: Encoding, out: Encoding) -> Callable:
+    """The fused step for the weight encodings of the QKV, O, gate+up, down and output slots."""
+    name = "".join(f"{k}{z or ''}" for k, z in (qkv, o, ff, down, out))
+    return specialize(_llama_step, f"{isa}_{name}",
                       MM_QKV=mm_groups(qkv, isa), MM_O=mm_groups(o, isa), MM_FF=mm_groups(ff, isa),
                       MM_DOWN=mm_groups(down, isa), MM_OUT=mm_groups(out, isa))
 

@@ -41,10 +41,20 @@ def _unpack_u8(qs, off):
     return load_i8x64(qs, off), load_i8x64(qs, off + 64), load_i8x64(qs, off + 128), load_i8x64(qs, off + 192)
 
 
+@njit(inline="always")
+def _offsets_stored(m, off, dw):
+    return load_pairs_f32x16(m, off)
+
+
+def _offsets_from_d(m, off, dw):
+    """m = -zero * d for the symmetric types (m not stored). Global bound per build: MZERO = -zero."""
+    return mul_f32(dw, splat_f32(MZERO))
+
+
 # --- r8 x Q8_0 on a range of 8-row groups: the serial body of the matmul and of the fused step
 def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
     """y[t, g*8 + r] for groups g0 <= g < g1 and all rows t of xq. Globals bound per build:
-    unpack, dot_u8s8, BLOCK_BYTES. acc: float32 scratch [TILE * 16]."""
+    unpack, dot_u8s8, BLOCK_BYTES, offsets (m stored or -zero*d). acc: float32 scratch [TILE * 16]."""
     T, k = xq.shape[0], xq.shape[1]
     nb, ny = k // QK, y.shape[1]
     if T == 1:                                   # decode: the accumulator stays in a register
@@ -53,7 +63,7 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
             for b in range(nb):
                 c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
                 dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
+                mw = offsets(m, g * m.shape[1] + b * R, dw)
                 xo = b * QK
                 dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
                 dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
@@ -73,9 +83,9 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
                 p0, p1, p2, p3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
                 q0, q1, q2, q3 = unpack(qs, (g + 1) * qs.shape[1] + b * BLOCK_BYTES)
                 dw0 = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw0 = load_pairs_f32x16(m, g * m.shape[1] + b * R)
+                mw0 = offsets(m, g * m.shape[1] + b * R, dw0)
                 dw1 = load_pairs_f32x16(d, (g + 1) * d.shape[1] + b * R)
-                mw1 = load_pairs_f32x16(m, (g + 1) * m.shape[1] + b * R)
+                mw1 = offsets(m, (g + 1) * m.shape[1] + b * R, dw1)
                 a00, a10 = _tile_step(xq, xd, xs, t0, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a00, a10)
                 a01, a11 = _tile_step(xq, xd, xs, t0 + 1, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a01, a11)
                 a02, a12 = _tile_step(xq, xd, xs, t0 + 2, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a02, a12)
@@ -96,7 +106,7 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
             for b in range(nb):
                 c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
                 dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw = load_pairs_f32x16(m, g * m.shape[1] + b * R)
+                mw = offsets(m, g * m.shape[1] + b * R, dw)
                 for i in range(nt):
                     t = t0 + i
                     xo = t * k + b * QK
@@ -124,7 +134,7 @@ def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw
 
 
 def _mul_r8_plain(qs, d, m, xq, xd, xs, y):
-    """Same contract as _mul_par over _mm_r8_groups, scalar loops. Global bound per build: IS_U4."""
+    """Same contract as _mul_par over _mm_r8_groups, scalar loops. Globals bound per build: IS_U4, ZERO."""
     G, T, k = qs.shape[0], xq.shape[0], xq.shape[1]
     nb = k // QK
     for g in prange(G):
@@ -136,7 +146,8 @@ def _mul_r8_plain(qs, d, m, xq, xd, xs, y):
                     for j in range(QK):
                         dot += np.int32(quant_at(qs, g, b, r, j, IS_U4)) * np.int32(xq[t, b * QK + j])
                     s = g * d.shape[1] + b * R + r
-                    acc += scale_at(d, s) * xd[t, b] * np.float32(dot) + scale_at(m, s) * xs[t, b] * 2
+                    mb = np.float32(-ZERO) * scale_at(d, s) if ZERO else scale_at(m, s)
+                    acc += scale_at(d, s) * xd[t, b] * np.float32(dot) + mb * xs[t, b] * 2
                 y[t, g * R + r] = acc
 
 
@@ -238,23 +249,29 @@ def q6_kernel(isa: str) -> Callable:
 _DOTS = {VNNI: (simd.dot_u8s8_vnni, simd.dot_u8s8_vnni), AVX2: (simd.dot_u8s8_avx2, simd.dot_u8s8_avx2_wide)}
 
 
+def _suffix(kind: str, isa: str, wide: bool, zero: int) -> str:
+    return f"{kind}_{isa}{'_wide' if wide else ''}{f'_z{zero}' if zero else ''}"
+
+
 @functools.cache
-def r8_groups(kind: str, isa: str, wide: bool) -> Callable:
+def r8_groups(kind: str, isa: str, wide: bool, zero: int = 0) -> Callable:
     """The serial r8 matmul over a group range for encoding `kind` (U4/U8) on `isa` (VNNI or AVX2).
-    `wide`: some u bytes are >= 128, so AVX2 must use the non-saturating dot product."""
+    `wide`: some u bytes are >= 128, so AVX2 must use the non-saturating dot product.
+    `zero` > 0: m is not stored but -zero * d (R8Weight.zero)."""
     dot = _DOTS[isa][int(wide)]
-    return specialize(_mm_r8_groups, f"{kind}_{isa}{'_wide' if wide else ''}", parallel=False, dot_u8s8=dot,
+    offsets = _bind_inline(_offsets_from_d, f"z{zero}", MZERO=np.float32(-zero)) if zero else _offsets_stored
+    return specialize(_mm_r8_groups, _suffix(kind, isa, wide, zero), parallel=False, dot_u8s8=dot,
                       _tile_step=_bind_inline(_tile_step, f"{isa}{'_wide' if wide else ''}", dot_u8s8=dot),
-                      unpack=_unpack_u4 if kind == U4 else _unpack_u8,
+                      unpack=_unpack_u4 if kind == U4 else _unpack_u8, offsets=offsets,
                       BLOCK_BYTES=QK * R // 2 if kind == U4 else QK * R)
 
 
 @functools.cache
-def r8_kernel(kind: str, isa: str, wide: bool = False) -> Callable:
+def r8_kernel(kind: str, isa: str, wide: bool = False, zero: int = 0) -> Callable:
     """The compiled parallel kernel for weights of encoding `kind` (U4/U8) on instruction set `isa`."""
     if isa == PORTABLE:
-        return specialize(_mul_r8_plain, f"{kind}_portable", IS_U4=kind == U4)
-    return specialize(_mul_par, f"r8_{kind}_{isa}{'_wide' if wide else ''}", mm=r8_groups(kind, isa, wide))
+        return specialize(_mul_r8_plain, _suffix(kind, "portable", False, zero), IS_U4=kind == U4, ZERO=zero)
+    return specialize(_mul_par, "r8_" + _suffix(kind, isa, wide, zero), mm=r8_groups(kind, isa, wide, zero))
 
 
 def mul_r8(w: R8Weight, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, isa: str,
@@ -266,6 +283,6 @@ def mul_r8(w: R8Weight, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, isa: str
     if w.kind == Q6:
         q6_kernel(isa)(w.qs, w.d, w.m, xq, xd, xs, out)
         return out
-    r8_kernel(w.kind, isa, w.wide)(w.qs, w.d, w.m, xq, xd, xs, out)
+    r8_kernel(w.kind, isa, w.wide, w.zero)(w.qs, w.d, w.m, xq, xd, xs, out)
     return out
 

@@ -10,8 +10,10 @@ Every supported block type becomes `value = d * u + m` with small unsigned integ
   U4: nibbles, chunk 2i in the low and chunk 2i+1 in the high nibbles of 64 bytes (128 bytes).
 Q4_0 (u = q, m = -8d), Q4_1, Q4_K (per 32-column sub-block d*sc, -dmin*m) pack as U4;
 Q5_0 (u = q, m = -16d) and Q8_0 (u = q + 128, m = -128d) as U8. The re-encoding is exact: d and m
-are kept as float16 when the source scales are float16 and m is d times a power of two, else
-as float32 (Q4_K, whose d*sc products need more than 11 bits).
+are kept as float16 when the source scales are float16, else as float32 (Q4_K, whose d*sc
+products need more than 11 bits). Where m is d times a fixed zero point (Q4_0: 8, Q5_0: 16, Q8_0:
+128) m is not stored at all (`zero` > 0, m empty): kernels compute m = -zero*d, which is exact,
+and decoding reads 10% fewer bytes (Q4_0: 18 of every 20).
 
 Q6_K is the one type whose value is not d*u + m per 32 columns: value = d*sc_j*(u - 32) with a
 6-bit u and an int8 sub-scale sc_j per 16 columns. It packs as kind Q6: per group-block the four
@@ -33,6 +35,7 @@ from .simd import f16_to_f32, f32_to_f16, scale_at
 QK = 32    # quants per block (the activation block size too)
 R = 8      # rows per group
 U4, U8, Q6 = "u4", "u8", "q6"
+ZERO_POINTS = {QT.Q4_0: 8, QT.Q5_0: 16, QT.Q8_0: 128}   # m = -zero * d exactly: m is not stored
 R8_TYPES = frozenset({QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K})
 Q6_BYTES = 192       # bytes of one q6 group-block: 128 of nibbles (as U4) + 64 of high-bit pairs
 
@@ -48,6 +51,7 @@ class R8Weight:
     rows: int
     cols: int
     wide: bool         # some u >= 128 (Q8_0): an AVX2 dot product must not saturate
+    zero: int = 0      # > 0: m = -zero * d, and m is empty
 
     @property
     def nbytes(self) -> int:
@@ -157,7 +161,10 @@ def repack_r8(data: np.ndarray, qtype: QT) -> R8Weight:
     kind = U4 if qtype in (QT.Q4_0, QT.Q4_1, QT.Q4_K) else U8
     scale_dtype = np.float32 if qtype == QT.Q4_K else np.float16
     qs, dd, mm = interleave(u, d, m, kind, scale_dtype)
-    return R8Weight(kind, qs, dd, mm, data.shape[0], u.shape[1], wide=qtype == QT.Q8_0)
+    zero = ZERO_POINTS.get(qtype, 0)
+    if zero:
+        mm = np.zeros((qs.shape[0], 0), dd.dtype)
+    return R8Weight(kind, qs, dd, mm, data.shape[0], u.shape[1], wide=qtype == QT.Q8_0, zero=zero)
 
 
 def repack_q4_0_r8(data: np.ndarray) -> R8Weight:
@@ -172,7 +179,7 @@ def dequantize_r8(w: R8Weight, rows: np.ndarray) -> np.ndarray:
     """float32 [len(rows), cols] of the given rows, read back from the r8 arrays (embedding lookup)."""
     if w.kind == Q6:
         return _dequantize_rows_q6(w.qs, w.d, np.asarray(rows, dtype=np.int64), w.cols)
-    return _dequantize_rows(w.qs, w.d, w.m, np.asarray(rows, dtype=np.int64), w.cols, w.kind == U4)
+    return _dequantize_rows(w.qs, w.d, w.m, np.asarray(rows, dtype=np.int64), w.cols, w.kind == U4, w.zero)
 
 
 @njit(cache=True, nogil=True)
@@ -208,12 +215,13 @@ def _dequantize_rows_q6(qs, d, rows, cols):
 
 
 @njit(cache=True, nogil=True)
-def _dequantize_rows(qs, d, m, rows, cols, u4):
+def _dequantize_rows(qs, d, m, rows, cols, u4, zero):
     out = np.empty((rows.size, cols), dtype=np.float32)                       # [T, k]
     for i in range(rows.size):
         g, r = rows[i] >> 3, rows[i] & 7
         for b in range(cols // QK):
-            db, mb = scale_at(d, g * d.shape[1] + b * 8 + r), scale_at(m, g * m.shape[1] + b * 8 + r)
+            db = scale_at(d, g * d.shape[1] + b * 8 + r)
+            mb = np.float32(-zero) * db if zero else scale_at(m, g * m.shape[1] + b * 8 + r)
             for j in range(QK):
                 out[i, b * QK + j] = db * np.float32(quant_at(qs, g, b, r, j, u4)) + mb
     return out

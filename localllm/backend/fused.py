@@ -16,7 +16,7 @@ import numpy as np
 
 from ..kernels import fused as kf
 from ..kernels.isa import AVX2, VNNI
-from ..kernels.quant import QK, R, U4, U8
+from ..kernels.quant import QK, R, U8
 from ..kv_cache import KVCache
 
 SLOTS = ("qkv", "o", "gate", "up", "down")
@@ -26,9 +26,14 @@ RESCUE_MAX_T = 8    # steps of up to this many tokens keep per-layer scratch and
 @dataclass
 class Slot:
     kind: str
+    zero: int        # R8Weight.zero: > 0 when m is -zero * d and not stored
     qs: np.ndarray   # [L, G, bytes]
     d: np.ndarray    # [L, G, nb*8]
-    m: np.ndarray
+    m: np.ndarray    # [L, G, nb*8], or [L, G, 0] when zero > 0
+
+    @property
+    def encoding(self) -> tuple[str, int]:
+        return self.kind, self.zero
 
 
 def _r8(w):
@@ -38,7 +43,7 @@ def _r8(w):
 def _stack(parts_per_layer: list[list]) -> Slot | str:
     """Per layer, a list of R8Weights stacked by rows -> one Slot; rebinds the sources as views."""
     flat = [w for parts in parts_per_layer for w in parts]
-    kinds = {w.kind for w in flat}
+    kinds = {(w.kind, w.zero) for w in flat}
     if len(kinds) != 1:
         return "mixed weight encodings in one slot"
     if any(w.rows % R for w in flat):
@@ -62,7 +67,7 @@ def _stack(parts_per_layer: list[list]) -> Slot | str:
             else:
                 w.qs = qs[l, g:g + n]
             g += n
-    return Slot(kinds.pop(), qs, d, m)
+    return Slot(*kinds.pop(), qs, d, m)
 
 
 class FusedLlama:
@@ -88,7 +93,7 @@ class FusedLlama:
             if isinstance(s, str):
                 return f"{slot}: {s}"
             slots[slot] = s
-        if slots["gate"].kind != slots["up"].kind or slots["gate"].d.dtype != slots["up"].d.dtype:
+        if slots["gate"].encoding != slots["up"].encoding or slots["gate"].d.dtype != slots["up"].d.dtype:
             return "gate and up differ in encoding"
         return cls(model, backend, slots)
 
@@ -101,13 +106,13 @@ class FusedLlama:
         out = model.output_weight()
         self.out_r8 = _r8(out)
         if self.out_r8 is not None:
-            self.out = (self.out_r8.kind, self.out_r8.qs, self.out_r8.d, self.out_r8.m)
+            self.out = ((self.out_r8.kind, self.out_r8.zero), self.out_r8.qs, self.out_r8.d, self.out_r8.m)
         else:                                    # dense head: the step stops at the normed rows
-            self.out = (U8, np.zeros((0, c.dim // QK * QK * R), np.uint8), np.zeros((0, c.dim // QK * R), np.uint16),
+            self.out = ((U8, 0), np.zeros((0, c.dim // QK * QK * R), np.uint8), np.zeros((0, c.dim // QK * R), np.uint16),
                         np.zeros((0, c.dim // QK * R), np.uint16))
         self.out_weight = out
-        self.step = kf.llama_step(backend.isa, slots["qkv"].kind, slots["o"].kind, slots["gate"].kind,
-                                  slots["down"].kind, self.out[0])
+        self.step = kf.llama_step(backend.isa, slots["qkv"].encoding, slots["o"].encoding, slots["gate"].encoding,
+                                  slots["down"].encoding, self.out[0])
         self.sync = np.zeros(kf.sync_slots(c.n_layers), dtype=np.int64)
         self._bufs: dict[tuple[int, int], tuple] = {}
         self.epoch = 0
@@ -116,7 +121,7 @@ class FusedLlama:
     def describe(self) -> str:
         s = self.slots
         return (f"fused llama step ({self.backend.isa}): qkv {s['qkv'].kind}, o {s['o'].kind}, ffn {s['gate'].kind}/"
-                f"{s['down'].kind}, output {'r8 ' + self.out[0] if self.out_r8 is not None else 'backend matmul'}")
+                f"{s['down'].kind}, output {'r8 ' + self.out[0][0] if self.out_r8 is not None else 'backend matmul'}")
 
     def _buffers(self, T: int, To: int) -> tuple:
         """Scratch for a T-token step: one slice per layer and use while T <= RESCUE_MAX_T (so

@@ -249,16 +249,6 @@ def scale_at(typingctx, arr, i):
     return types.float32(arr, i), codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, offset):
-    """Hint the cache to fetch the line holding arr.flat[offset] (never faults, even past the end)."""
-    def codegen(ctx, b, sig, args):
-        p = _ptr(ctx, b, sig.args[0], args[0], args[1], _I8)
-        _intr(b, "llvm.prefetch.p0i8", ir.VoidType(), [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return ctx.get_dummy_value()
-    return types.none(arr, offset), codegen
-
-
 # --- thread synchronisation inside one parallel region (kernels.fused) ---------------------------
 @intrinsic
 def atomic_add_i64(typingctx, arr, idx, val):

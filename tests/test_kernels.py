@@ -109,12 +109,23 @@ def test_mul_r8_rows_beyond_padding_are_zero():
 
 # --- float kernels --------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_mul_dense(dtype):
+@pytest.mark.parametrize("T,n,k", [(1, 45, 70), (3, 45, 70), (5, 64, 576), (9, 13, 10), (4, 8, 32), (13, 24, 48)])
+def test_mul_dense(dtype, T, n, k):
+    """d8 matmul vs numpy on odd shapes: rows not a multiple of 8, columns not of 16, T around the
+    4-row tile; float32 accumulation in another order: error budget 1e-4 relative + absolute."""
     rng = np.random.default_rng(2)
-    w, x = rng.standard_normal((45, 70)).astype(dtype), rng.standard_normal((3, 70)).astype(np.float32)
-    y = np.empty((3, 45), np.float32)
-    ops.mul_dense(w.view(np.uint16) if dtype == np.float16 else w, x, y)
-    np.testing.assert_allclose(y, x @ w.astype(np.float32).T, rtol=1e-4, atol=1e-4)
+    w, x = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal((T, k)).astype(np.float32)
+    p = ops.interleave_d8(w.view(np.uint16) if dtype == np.float16 else w)
+    y = np.full((T, p.shape[0] * ops.D8), np.nan, np.float32)
+    ops.mul_dense(p, x, y)
+    np.testing.assert_allclose(y[:, :n], x @ w.astype(np.float32).T, rtol=1e-4, atol=1e-4)
+    assert np.all(y[:, n:] == 0)                                   # padding rows
+
+
+def test_d8_rows_round_trip():
+    w = np.random.default_rng(3).standard_normal((21, 37)).astype(np.float32)
+    rows = np.array([0, 7, 8, 20, 3])
+    np.testing.assert_array_equal(ops.deinterleave_d8(ops.interleave_d8(w), rows, 37), w[rows])
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 Weights change layout once, in `upload`: Q4_0/Q4_1/Q4_K/Q5_0/Q8_0/Q6_K matrices are repacked into the
 row-interleaved r8 layout and multiplied in int8 against Q8_0-quantized activations (as llama.cpp
 does), with the instruction set picked at run time (AVX-512 VNNI, AVX2, or portable loops).
-Other matrix types (F32, F16 kept as is; the rest dequantized to float32) use a
-vectorised float matmul. Each op is one compiled call writing into a fresh output array."""
+Other matrix types (F32 and F16 kept in their precision, the rest dequantized to float32) are
+interleaved the same way (kernels.ops's d8 layout) for a vectorised float matmul. Each op is one
+compiled call writing into a fresh output array."""
 from __future__ import annotations
 
 import os
@@ -34,8 +35,10 @@ class QuantWeight:
 
 @dataclass
 class DenseWeight:
-    w: np.ndarray      # [n, k] float32, or uint16 float16 bits
+    w: np.ndarray      # [ceil(n/8), ceil(k/16)*128] d8 layout of float32, or uint16 float16 bits
     qtype: QT
+    rows: int
+    cols: int
 
 
 class NumbaBackend(NumpyBackend):
@@ -62,10 +65,12 @@ class NumbaBackend(NumpyBackend):
         if tensor.type in R8_TYPES:
             return QuantWeight(repack_r8(tensor.data, tensor.type), tensor.type)
         if tensor.type == QT.F32:
-            return DenseWeight(tensor.data.view(np.float32).reshape(tensor.shape), tensor.type)
-        if tensor.type == QT.F16:
-            return DenseWeight(tensor.data.view(np.uint16).reshape(tensor.shape), tensor.type)
-        return DenseWeight(dequantize(tensor.data, tensor.type).reshape(tensor.shape), tensor.type)
+            w = tensor.data.view(np.float32).reshape(tensor.shape)
+        elif tensor.type == QT.F16:
+            w = tensor.data.view(np.uint16).reshape(tensor.shape)
+        else:
+            w = dequantize(tensor.data, tensor.type).reshape(tensor.shape)
+        return DenseWeight(ops.interleave_d8(w), tensor.type, *w.shape)
 
     def runs_as(self, tensor: Tensor) -> str:
         """How `tensor` is held and multiplied, in words."""
@@ -78,15 +83,15 @@ class NumbaBackend(NumpyBackend):
             kind = "u4 nibbles" if t in (QT.Q4_0, QT.Q4_1, QT.Q4_K) else "u8 bytes"
             scales = "float32" if t == QT.Q4_K else "float16"
             return f"{t.name}: r8 {kind} + {scales} d/m, int8 dot with Q8_0 activations ({self.isa})"
-        held = {QT.F32: "float32 (mmap)", QT.F16: "float16 (mmap)"}.get(t, "dequantized to float32")
-        return f"{t.name}: {held}, float32 matmul"
+        held = {QT.F32: "float32", QT.F16: "float16"}.get(t, "dequantized to float32")
+        return f"{t.name}: d8 row-interleaved {held}, float32 matmul"
 
     def get_rows(self, w, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if isinstance(w, QuantWeight):
             return dequantize_r8(w.r8, ids)
-        rows = w.w[ids]
-        return rows.view(np.float16).astype(np.float32) if w.qtype == QT.F16 else rows.astype(np.float32)
+        rows = ops.deinterleave_d8(w.w, ids, w.cols)                 # [T, k]
+        return rows.view(np.float16).astype(np.float32) if w.w.dtype == np.uint16 else rows.astype(np.float32)
 
     # --- the fused step -------------------------------------------------------------------------
     def fused_plan(self, model):
@@ -126,9 +131,9 @@ class NumbaBackend(NumpyBackend):
         if isinstance(w, QuantWeight):
             y = mul_r8(w.r8, *self._quantized(x), self.isa)            # [T, n padded to 8]
             return y if y.shape[1] == w.r8.rows else y[:, : w.r8.rows]
-        y = np.empty((x.shape[0], w.w.shape[0]), dtype=np.float32)   # [T, n]
+        y = np.empty((x.shape[0], w.w.shape[0] * ops.D8), dtype=np.float32)   # [T, n padded to 8]
         ops.mul_dense(w.w, x, y)
-        return y
+        return y if y.shape[1] == w.rows else y[:, : w.rows]
 
     def rms_norm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

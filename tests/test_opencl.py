@@ -208,6 +208,74 @@ def test_device_array_views(be):
     np.testing.assert_array_equal(be.to_numpy(be.add(d[1:3], d[2:4])), x[1:3] + x[2:4])  # sliced inputs
 
 
+# --- decode record and replay ---------------------------------------------------------------
+@pytest.fixture(scope="module", params=["device-choice", "gpu-kernels"])
+def tiny_llama(request, tmp_path_factory):
+    """A small random llama (Q4_0 layers, GQA) on the OpenCL backend, with the device's kernels
+    and with the GPU ones (so PoCL checks the replay of those too)."""
+    from localllm.models import make_random_gguf
+    path = make_random_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", dim=128, n_layers=2, n_heads=4,
+                            n_kv_heads=2, ffn=256, vocab=300, n_ctx=64, tensor_type="Q4_0")
+    llm = localllm.load(path, backend="opencl", n_ctx=64)
+    llm.backend.dev.tiled = request.param == "gpu-kernels"
+    yield llm
+    llm.close()
+
+
+def _decode(model, prompt: list[int], steps: list[int], replay: bool) -> np.ndarray:
+    """Logits of each step after a prefill of `prompt`, on a fresh cache."""
+    be, c = model.ops, model.cfg
+    be.replay = replay
+    cache = be.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    model.forward(np.array(prompt), cache)
+    cache.tokens.extend(prompt)
+    out = []
+    for t in steps:
+        out.append(model.forward(np.array([t]), cache)[0])
+        cache.tokens.append(t)
+    be.replay = True
+    return np.array(out)
+
+
+def test_replayed_decode_equals_op_by_op(tiny_llama):
+    """Recorded once, replayed at later positions with other tokens: the same launches with the
+    same arguments, so the logits are identical."""
+    model, be = tiny_llama.model, tiny_llama.backend
+    prompt, steps = [1, 17, 200], [5, 250, 5, 9, 33, 100]
+    want = _decode(model, prompt, steps, replay=False)
+    replays = be.replays
+    got = _decode(model, prompt, steps, replay=True)
+    np.testing.assert_array_equal(got, want)
+    assert be.replays - replays == len(steps) - 1          # the first step records, the rest replay
+    if be.dev.tiled:                                       # the GPU kernels' step is fused (fuse.py)
+        be.fuse = False
+        unfused = _decode(model, prompt, steps, replay=True)
+        be.fuse = True
+        np.testing.assert_array_equal(unfused, want)
+        cache = be.new_kv_cache(2, 64, model.cfg.n_kv_heads, model.cfg.head_dim_k, model.cfg.head_dim_v)
+        model.forward(np.array([1]), cache)
+        names = {s[1].function_name for p in be._plans[cache].values() for s in p.steps}
+        assert {"gemv3_q4_0_f32", "gemv_swiglu_q4_0_f32", "gemv_add_q4_0_f32", "rope_qk_kv_store_f32"} <= names
+
+
+def test_replay_survives_rollback(tiny_llama):
+    """After a trim the replay writes at the cache's new offset, as the op-by-op forward does."""
+    model, be, c = tiny_llama.model, tiny_llama.backend, tiny_llama.model.cfg
+    logits = {}
+    for replay in (False, True):
+        be.replay = replay
+        cache = be.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+        model.forward(np.array([1, 2, 3]), cache)
+        cache.tokens.extend([1, 2, 3])
+        for t in (4, 5, 6):
+            model.forward(np.array([t]), cache)
+            cache.tokens.append(t)
+        cache.trim(4)
+        logits[replay] = model.forward(np.array([7]), cache)
+        be.replay = True
+    np.testing.assert_array_equal(logits[True], logits[False])
+
+
 # --- the generator's invariants on the device cache ----------------------------------------
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path):

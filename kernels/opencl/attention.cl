@@ -1,13 +1,44 @@
 // Attention over a device-resident float16 KV cache, one layer's buffers:
 //   kc [n_ctx, KV, dk], vc [n_ctx, KV, dv] (half, stored with round-to-nearest-even).
 
-// Write the new rows k [T, KV, dk], v [T, KV, dv] at position pos0. Launch: global max(nk, nv).
+// Write the new rows k [T, KV, dk], v [T, KV, dv] at positions pos[0].. (pos [T] on the device).
+// Launch: global max(nk, nv).
 __kernel void kv_store_f16(__global const float *k, __global const float *v, __global half *kc,
-                           __global half *vc, int pos0, int row_k, int row_v, int nk, int nv)
+                           __global half *vc, __global const int *pos, int row_k, int row_v, int nk, int nv)
 {
-    int i = get_global_id(0);
+    int i = get_global_id(0), pos0 = pos[0];
     if (i < nk) vstore_half_rte(k[i], (size_t)pos0 * row_k + i, kc);
     if (i < nv) vstore_half_rte(v[i], (size_t)pos0 * row_v + i, vc);
+}
+
+// RoPE of q and k and the KV store in one launch (a recorded decode step's fusion, fuse.py), the
+// same float32 operations as rope_f32 on q and k followed by kv_store_f16: launch rows
+// [0, T*hq) rotate q [T, hq, d] into qo; rows [T*hq, T*(hq+hkv)) rotate k [T, hkv, d] into the
+// cache and copy v [T, hkv, dv] there, at positions pos[0]...
+// Launch: global (d/2 rounded up, T*(hq+hkv)).
+__kernel void rope_qk_kv_store_f32(__global const float *q, __global const float *k, __global const float *v,
+                                   __global const int *pos, __global const float *inv, __global float *qo,
+                                   __global half *kc, __global half *vc, int hq, int hkv, int d, int n_rot,
+                                   int neox, float freq_scale, int dv)
+{
+    int i = get_global_id(0), row = get_global_id(1), half_d = d / 2, a, b;
+    int n_qrows = get_global_size(1) / (hq + hkv) * hq, t = row < n_qrows ? row / hq : (row - n_qrows) / hkv;
+    if (i >= half_d) return;
+    float p = (float)pos[t] * freq_scale;
+    if (row < n_qrows) {
+        size_t base = (size_t)row * d;
+        float2 r = rope_at(q + base, i, n_rot, neox, p, inv, &a, &b);
+        qo[base + a] = r.x;
+        qo[base + b] = r.y;
+        return;
+    }
+    int kr = row - n_qrows, head = kr % hkv;
+    size_t cache_row = (size_t)(pos[0] + t) * hkv;           // the position's first head
+    float2 r = rope_at(k + (size_t)kr * d, i, n_rot, neox, p, inv, &a, &b);
+    vstore_half_rte(r.x, (cache_row + head) * d + a, kc);
+    vstore_half_rte(r.y, (cache_row + head) * d + b, kc);
+    for (int e = i; e < dv; e += half_d)
+        vstore_half_rte(v[(size_t)kr * dv + e], (cache_row + head) * dv + e, vc);
 }
 
 // Max over the ATT_LS lanes (tree in local memory); every lane gets it. `p` is left as scratch.
@@ -29,12 +60,14 @@ inline float group_max(__local float *p, float v)
 // Each chunk of ATT_LS keys: lane j scores key j, all lanes take the chunk's max and rescale
 // their running sums, then each lane accumulates its own output dims over the chunk's values.
 // window > 0 keeps only keys with qpos - kpos < window (sliding-window layers).
-// q [T, H, dk] (already scaled or not: `scale` multiplies the scores), out [T, H, dv].
+// pos [T]: the tokens' positions (consecutive). q [T, H, dk] (already scaled or not: `scale`
+// multiplies the scores), out [T, H, dv].
 // Launch: global (H * ATT_LS, T), local (ATT_LS, 1).
 __kernel void attention_f32_f16kv(__global const float *q, __global const half *kc,
                                   __global const half *vc, __global float *out, int H, int KV,
-                                  int dk, int dv, int pos0, float scale, int window)
+                                  int dk, int dv, __global const int *pos, float scale, int window)
 {
+    int pos0 = pos[0];
     __local float qs[MAX_DK];
     __local float p[ATT_LS];
     int lid = get_local_id(0), h = get_group_id(0), t = get_group_id(1);

@@ -15,26 +15,37 @@ __kernel void rms_norm_f32(__global const float *x, __global const float *w, __g
         y[base + i] = x[base + i] * inv * w[i];
 }
 
-// RoPE on x [T, heads, d] with the angles' cos/sin [T, n_rot/2] computed on the host (the same
-// float32 expression as the reference). NORM mode rotates pairs (2i, 2i+1), NEOX (i, i + n_rot/2);
-// dims past n_rot are copied. Launch: global (d/2, T*heads).
-__kernel void rope_f32(__global const float *x, __global const float *cs, __global const float *sn,
-                       __global float *y, int heads, int d, int n_rot, int neox)
+// RoPE on x [T, heads, d] at positions pos [T] (read on the device, so a recorded decode step
+// replays at any position). theta_i = (pos * freq_scale) * inv[i], inv [n_rot/2] uploaded by the
+// host as the reference computes it: the same float32 products, then cos/sin to a few ulp.
+// NORM mode rotates pairs (2i, 2i+1), NEOX (i, i + n_rot/2); dims past n_rot are copied.
+// Launch: global (d/2, T*heads).
+// Lane i's pair of a head row xr [d] rotated by angles (p * inv[i]), p = pos * freq_scale; sets
+// *a, *b to the pair's indices. Past n_rot the pair is returned as is.
+inline float2 rope_at(__global const float *xr, int i, int n_rot, int neox, float p,
+                      __global const float *inv, int *a, int *b)
 {
-    int i = get_global_id(0), row = get_global_id(1), t = row / heads;
+    if (i >= n_rot / 2) {
+        *a = n_rot + 2 * (i - n_rot / 2);
+        *b = *a + 1;
+        return (float2)(xr[*a], xr[*b]);
+    }
+    *a = neox ? i : 2 * i;
+    *b = neox ? i + n_rot / 2 : 2 * i + 1;
+    float theta = p * inv[i];
+    float c = cos(theta), s = sin(theta), xa = xr[*a], xb = xr[*b];
+    return (float2)(xa * c - xb * s, xa * s + xb * c);
+}
+
+__kernel void rope_f32(__global const float *x, __global const int *pos, __global const float *inv,
+                       __global float *y, int heads, int d, int n_rot, int neox, float freq_scale)
+{
+    int i = get_global_id(0), row = get_global_id(1), t = row / heads, a, b;
     if (i >= d / 2) return;
     size_t base = (size_t)row * d;
-    if (i >= n_rot / 2) {
-        int e = n_rot + 2 * (i - n_rot / 2);
-        y[base + e] = x[base + e];
-        y[base + e + 1] = x[base + e + 1];
-        return;
-    }
-    int a = neox ? i : 2 * i, b = neox ? i + n_rot / 2 : 2 * i + 1;
-    float c = cs[t * (n_rot / 2) + i], s = sn[t * (n_rot / 2) + i];
-    float xa = x[base + a], xb = x[base + b];
-    y[base + a] = xa * c - xb * s;
-    y[base + b] = xa * s + xb * c;
+    float2 r = rope_at(x + base, i, n_rot, neox, (float)pos[t] * freq_scale, inv, &a, &b);
+    y[base + a] = r.x;
+    y[base + b] = r.y;
 }
 
 __kernel void add_f32(__global const float *a, __global const float *b, __global float *y, int n)

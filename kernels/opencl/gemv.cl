@@ -52,27 +52,44 @@ inline float unit_dot(const int wt, WARGS, size_t row, int u, int k, __global co
     return dot16(wa, vload8(0, x + o), wb, vload8(0, x + o + second_half(wt)));
 }
 
-inline void gemv(const int wt, WARGS, __global const float *x, __global float *y, int n, int k,
-                 __local float *part)
+// This lane's share of row `row`'s dot product with x (TPR lanes share a row, see above).
+inline float row_part(const int wt, WARGS, __global const float *x, int row, int k, int lane)
+{
+    float acc = 0.0f;
+    for (int u = lane; u < k / 16; u += TPR)
+        acc += unit_dot(wt, WPASS, row, u, k, x);
+    for (int e = (k / 16) * 16 + lane; e < k; e += TPR)   // float kinds: the k % 16 tail
+        acc += load1(wt, WPASS, row, e, k) * x[e];
+    return acc;
+}
+
+// Sum of the TPR partials of each row in `part` (a tree, same order in every kernel); the row's
+// first lane returns the total, the others 0. Every lane of the group must call it.
+inline float row_total(__local float *part, float acc)
 {
     int lid = get_local_id(0), lane = lid % TPR;
-    int row = get_group_id(0) * (LS / TPR) + lid / TPR;
-    int t = get_global_id(1);
-    x += (size_t)t * k;
-    float acc = 0.0f;
-    if (row < n) {
-        for (int u = lane; u < k / 16; u += TPR)
-            acc += unit_dot(wt, WPASS, row, u, k, x);
-        for (int e = (k / 16) * 16 + lane; e < k; e += TPR)   // float kinds: the k % 16 tail
-            acc += load1(wt, WPASS, row, e, k) * x[e];
-    }
     part[lid] = acc;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int s = TPR / 2; s > 0; s >>= 1) {
         if (lane < s) part[lid] += part[lid + s];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (lane == 0 && row < n) y[(size_t)t * n + row] = part[lid];
+    float total = lane == 0 ? part[lid] : 0.0f;
+    barrier(CLK_LOCAL_MEM_FENCE);                         // part is reused by the next total
+    return total;
+}
+
+// The group's row (LS/TPR rows per group) and this lane's place in it.
+#define GEMV_ROW int lid = get_local_id(0), lane = lid % TPR, row = get_group_id(0) * (LS / TPR) + lid / TPR, \
+    t = get_global_id(1)
+
+inline void gemv(const int wt, WARGS, __global const float *x, __global float *y, int n, int k,
+                 __local float *part)
+{
+    GEMV_ROW;
+    x += (size_t)t * k;
+    float dot = row_total(part, row < n ? row_part(wt, WPASS, x, row, k, lane) : 0.0f);
+    if (lane == 0 && row < n) y[(size_t)t * n + row] = dot;
 }
 
 #define GEMV(NAME, WT) \
@@ -84,6 +101,75 @@ GEMV(gemv_q4_1_f32, W_Q4_1)
 GEMV(gemv_q8_0_f32, W_Q8_0)
 GEMV(gemv_f16_f32, W_F16)
 GEMV(gemv_f32_f32, W_F32)
+
+// Fused forms of gemv that a recorded decode step uses (fuse.py): each does in one launch what
+// a gemv and the op after it did in two, with the same float32 operations in the same order.
+
+// y = res + W x (a residual add). Launch as gemv.
+#define GEMV_ADD(NAME, WT) \
+__kernel void NAME(WARGS, __global const float *x, __global const float *res, __global float *y, int n, int k) \
+{ \
+    __local float part[LS]; \
+    GEMV_ROW; \
+    x += (size_t)t * k; \
+    float dot = row_total(part, row < n ? row_part(WT, WPASS, x, row, k, lane) : 0.0f); \
+    if (lane == 0 && row < n) y[(size_t)t * n + row] = res[(size_t)t * n + row] + dot; \
+}
+
+GEMV_ADD(gemv_add_q4_0_f32, W_Q4_0)
+GEMV_ADD(gemv_add_q4_1_f32, W_Q4_1)
+GEMV_ADD(gemv_add_q8_0_f32, W_Q8_0)
+GEMV_ADD(gemv_add_f16_f32, W_F16)
+GEMV_ADD(gemv_add_f32_f32, W_F32)
+
+// y = silu(Wg x) * (Wu x): the gate and up products and SwiGLU. Wg, Wu [n, k] of one kind.
+// Launch as gemv.
+#define GEMV_SWIGLU(NAME, WT) \
+__kernel void NAME(WARGS, __global const uchar *uq, __global const half *ud, __global const half *um, \
+                   __global const float *x, __global float *y, int n, int k) \
+{ \
+    __local float part[LS]; \
+    GEMV_ROW; \
+    x += (size_t)t * k; \
+    float g = row_total(part, row < n ? row_part(WT, WPASS, x, row, k, lane) : 0.0f); \
+    float u = row_total(part, row < n ? row_part(WT, uq, ud, um, x, row, k, lane) : 0.0f); \
+    if (lane == 0 && row < n) y[(size_t)t * n + row] = g / (1.0f + exp(-g)) * u; \
+}
+
+GEMV_SWIGLU(gemv_swiglu_q4_0_f32, W_Q4_0)
+GEMV_SWIGLU(gemv_swiglu_q4_1_f32, W_Q4_1)
+GEMV_SWIGLU(gemv_swiglu_q8_0_f32, W_Q8_0)
+GEMV_SWIGLU(gemv_swiglu_f16_f32, W_F16)
+GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
+
+// Three products of one input (Q, K, V): rows [0, na) of the launch are A's, then B's, then C's,
+// each written to its own output. A, B, C [n_i, k] of one kind.
+// Launch: global (ceil((na + nb + nc) / (LS/TPR)) * LS, T), local (LS, 1).
+#define GEMV3(NAME, WT) \
+__kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
+                   __global const uchar *cq, __global const half *cd, __global const half *cm, \
+                   __global const float *x, __global float *ya, __global float *yb, __global float *yc, \
+                   int na, int nb, int nc, int k) \
+{ \
+    __local float part[LS]; \
+    GEMV_ROW; \
+    x += (size_t)t * k; \
+    float acc = 0.0f; \
+    if (row < na) acc = row_part(WT, WPASS, x, row, k, lane); \
+    else if (row < na + nb) acc = row_part(WT, bq, bd, bm, x, row - na, k, lane); \
+    else if (row < na + nb + nc) acc = row_part(WT, cq, cd, cm, x, row - na - nb, k, lane); \
+    float dot = row_total(part, acc); \
+    if (lane != 0) return; \
+    if (row < na) ya[(size_t)t * na + row] = dot; \
+    else if (row < na + nb) yb[(size_t)t * nb + row - na] = dot; \
+    else if (row < na + nb + nc) yc[(size_t)t * nc + row - na - nb] = dot; \
+}
+
+GEMV3(gemv3_q4_0_f32, W_Q4_0)
+GEMV3(gemv3_q4_1_f32, W_Q4_1)
+GEMV3(gemv3_q8_0_f32, W_Q8_0)
+GEMV3(gemv3_f16_f32, W_F16)
+GEMV3(gemv3_f32_f32, W_F32)
 
 // The same products without local memory or barriers, for CPU devices (PoCL): a work-item owns
 // one row and RB tokens, dequantizes each unit once and reuses it for its RB activation rows.

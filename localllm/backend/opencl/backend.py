@@ -3,11 +3,17 @@
 Weights are uploaded once (weights.py); activations are DeviceArray handles that stay on the
 device between ops; the KV cache lives on the device (kv.py); only `to_numpy` (the logits) reads
 back. Every kernel enqueue is counted in `launches` and every host-to-device write in `writes`,
-so the bench can report launches per token."""
+so the bench can report launches per token.
+
+Decode (one-token forwards) is recorded once per KV cache and replayed (replay.py): the forward
+below runs op by op the first time, and later steps re-enqueue its launches with new token ids
+and positions, which every kernel reads from device buffers rather than scalar arguments."""
 from __future__ import annotations
 
+import logging
 import math
 import os
+import weakref
 
 import numpy as np
 from gguf.quants import dequantize
@@ -17,7 +23,10 @@ from ...gguf_file import Tensor
 from . import weights
 from .device import ENV_DEVICE, MAX_DK, MAX_DV_PER, cl, open_device
 from .kv import DeviceKVCache
+from .replay import DecodePlan, Recorder
 from .weights import DeviceWeight
+
+log = logging.getLogger(__name__)
 
 GEMV_MAX_T = 4   # up to this many activation rows the matvec (re-reading weights per row) wins
 TILE = 32        # matmul.cl's output tile
@@ -68,8 +77,15 @@ class OpenCLBackend:
         self.queue, self.kernels = self.dev.queue, self.dev.kernels
         self.pool = ocl.tools.MemoryPool(ocl.tools.ImmediateAllocator(self.queue))  # activations
         self.launches = 0   # kernel enqueues and device-side copies
-        self.writes = 0     # host-to-device transfers (token ids, rope angles)
-        self._rope_cs: dict[tuple, tuple[DeviceArray, DeviceArray]] = {}
+        self.writes = 0     # host-to-device transfers (token ids, positions)
+        self.replay = True  # False: every forward runs op by op (tests compare the two)
+        self.replays = 0    # decode steps replayed
+        self.fuse = True    # False: a replay enqueues the recorded launches unfused
+        self._positions: dict[bytes, DeviceArray] = {}       # this forward's positions [T] int32
+        self._inv_freq: dict[tuple, DeviceArray] = {}        # rope's inv frequencies [n_rot/2]
+        self._pending: list = []                             # non-blocking writes in flight
+        self._rec: Recorder | None = None                    # set while a decode step is recorded
+        self._plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> {key: plan}
 
     # --- weights ------------------------------------------------------------------------------
     def decline_reason(self, tensor: Tensor) -> str | None:
@@ -95,11 +111,15 @@ class OpenCLBackend:
     def _empty(self, shape: tuple[int, ...]) -> DeviceArray:
         return DeviceArray(self.pool.allocate(max(math.prod(shape), 1) * 4), shape)
 
-    def _write(self, host: np.ndarray) -> DeviceArray:
-        """A small host array copied to a fresh device buffer (the queue keeps `host` alive)."""
+    def _write(self, host: np.ndarray, role: str | None = None) -> DeviceArray:
+        """A small host array copied to a fresh device buffer. The write does not block: its event
+        (which keeps `host` alive) is held until the next read-back. `role` names a per-step
+        input ("ids", "pos") that a decode replay rewrites."""
         out = DeviceArray(self.pool.allocate(max(host.nbytes, 4)), host.shape)
-        cl().enqueue_copy(self.queue, out.buf, host, is_blocking=False)
+        self._pending.append(cl().enqueue_copy(self.queue, out.buf, host, is_blocking=False))
         self.writes += 1
+        if self._rec is not None:
+            self._rec.write(role, out.buf, host)
         return out
 
     def _dense(self, x: DeviceArray) -> DeviceArray:
@@ -109,11 +129,15 @@ class OpenCLBackend:
         out = self._empty(x.shape)
         cl().enqueue_copy(self.queue, out.buf, x.buf, byte_count=x.nbytes, src_offset=x.offset * 4)
         self.launches += 1
+        if self._rec is not None:
+            self._rec.copy(out.buf, x.buf, x.nbytes, x.offset * 4)
         return out
 
     def _run(self, name: str, gsize: tuple[int, ...], lsize: tuple[int, ...] | None, *args) -> None:
         self.kernels[name](self.queue, gsize, lsize, *args)
         self.launches += 1
+        if self._rec is not None:
+            self._rec.launch(name, gsize, lsize, args)
 
     def _elementwise(self, name: str, inputs: list[DeviceArray], *scalars) -> DeviceArray:
         inputs = [self._dense(x) for x in inputs]
@@ -125,7 +149,7 @@ class OpenCLBackend:
 
     # --- ops ----------------------------------------------------------------------------------
     def get_rows(self, w: DeviceWeight, ids: np.ndarray) -> DeviceArray:
-        ids_d = self._write(np.ascontiguousarray(ids, dtype=np.int32))     # [T]
+        ids_d = self._write(np.ascontiguousarray(ids, dtype=np.int32), "ids")   # [T]
         out = self._empty((len(ids), w.k))                                   # [T, k]
         g0 = -(-w.k // EW_LS) * EW_LS
         self._run(f"get_rows_{w.kind}", (g0, len(ids)), (EW_LS, 1), w.q, w.d, w.m, ids_d.buf, out.buf,
@@ -167,27 +191,32 @@ class OpenCLBackend:
         self._run("rms_norm_f32", ((x.size // d) * ls,), (ls,), x.buf, w.buf, out.buf, np.int32(d), np.float32(eps))
         return out
 
-    def _cos_sin(self, pos: np.ndarray, n_rot: int, base: float, freq_scale: float) -> tuple[DeviceArray, DeviceArray]:
-        """The reference's angles (same float32 expression), uploaded once per (positions, base):
-        q and k, and every layer sharing a base, reuse them."""
-        key = (pos.tobytes(), n_rot, base, freq_scale)
-        if key not in self._rope_cs:
-            if len(self._rope_cs) >= 4:   # a new forward: older positions are done with
-                self._rope_cs.clear()
+    def _pos(self, pos: np.ndarray) -> DeviceArray:
+        """Positions [T] as a device int32 array, written once per forward (rope and attention of
+        every layer share it)."""
+        key = np.ascontiguousarray(pos, dtype=np.int32).tobytes()
+        if key not in self._positions:
+            if len(self._positions) >= 4:   # a new forward: older positions are done with
+                self._positions.clear()
+            self._positions[key] = self._write(np.frombuffer(key, dtype=np.int32), "pos")
+        return self._positions[key]
+
+    def _inv(self, n_rot: int, base: float) -> DeviceArray:
+        """rope's inverse frequencies [n_rot/2], the reference's float32 expression, uploaded once."""
+        key = (n_rot, base)
+        if key not in self._inv_freq:
             inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
-            theta = (pos.astype(np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [T, n_rot/2]
-            self._rope_cs[key] = (self._write(np.cos(theta)), self._write(np.sin(theta)))
-        return self._rope_cs[key]
+            self._inv_freq[key] = DeviceArray(self.dev.buffer(inv.nbytes, "rope frequencies", inv), inv.shape)
+        return self._inv_freq[key]
 
     def rope(self, x: DeviceArray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
              freq_scale: float = 1.0) -> DeviceArray:
         x = self._dense(x)                                                   # [T, heads, d]
         T, heads, d = x.shape
-        cs, sn = self._cos_sin(pos, n_rot, base, freq_scale)
         out = self._empty(x.shape)
         g0 = -(-(d // 2) // EW_LS) * EW_LS
-        self._run("rope_f32", (g0, T * heads), (EW_LS, 1), x.buf, cs.buf, sn.buf, out.buf, np.int32(heads),
-                  np.int32(d), np.int32(n_rot), np.int32(neox))
+        self._run("rope_f32", (g0, T * heads), (EW_LS, 1), x.buf, self._pos(pos).buf, self._inv(n_rot, base).buf,
+                  out.buf, np.int32(heads), np.int32(d), np.int32(n_rot), np.int32(neox), np.float32(freq_scale))
         return out
 
     def attention(self, q: DeviceArray, k: DeviceArray, v: DeviceArray, cache: DeviceKVCache, layer: int,
@@ -198,13 +227,13 @@ class OpenCLBackend:
         if pos0 + T > cache.n_ctx:
             raise ContextOverflowError(f"positions {pos0}..{pos0 + T} do not fit the context of {cache.n_ctx}")
         nk, nv = k.size, v.size
+        pos = self._pos(np.arange(pos0, pos0 + T)).buf                       # [T]
         self._run("kv_store_f16", (-(-max(nk, nv) // EW_LS) * EW_LS,), (EW_LS,), k.buf, v.buf, cache.k[layer],
-                  cache.v[layer], np.int32(pos0), np.int32(cache.row_k), np.int32(cache.row_v), np.int32(nk),
-                  np.int32(nv))
+                  cache.v[layer], pos, np.int32(cache.row_k), np.int32(cache.row_v), np.int32(nk), np.int32(nv))
         out = self._empty((T, H * dv))                                       # [T, H*dv]
         ls = self.dev.att_ls
         self._run("attention_f32_f16kv", (H * ls, T), (ls, 1), q.buf, cache.k[layer], cache.v[layer], out.buf,
-                  np.int32(H), np.int32(kv_heads), np.int32(dk), np.int32(dv), np.int32(pos0), np.float32(scale),
+                  np.int32(H), np.int32(kv_heads), np.int32(dk), np.int32(dv), pos, np.float32(scale),
                   np.int32(window))
         return out
 
@@ -212,7 +241,49 @@ class OpenCLBackend:
         out = np.empty(x.shape, dtype=np.float32)
         if out.size:
             cl().enqueue_copy(self.queue, out, x.buf, src_offset=x.offset * 4, is_blocking=True)
+        self._pending.clear()          # the in-order queue has run every earlier write
+        if self._rec is not None:
+            self._rec.read(x)
         return out
+
+    # --- decode record and replay -------------------------------------------------------------
+    def fused_forward(self, model, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray | None:
+        """A one-token forward replayed from its recording (replay.py), or None: the caller then
+        runs its op-by-op forward (prefill, replay off, or while this very step is recorded)."""
+        if not self.replay or self._rec is not None or len(tokens) != 1 or not isinstance(cache, DeviceKVCache):
+            return None
+        plans = self._plans.setdefault(cache, {})
+        key = (id(model), all_logits)
+        plan = plans.get(key)
+        if plan is None:
+            plan, logits = self._record(model, tokens, cache, all_logits)
+            plans[key] = plan
+            return logits
+        if plan is False:              # recorded once and found not replayable
+            return None
+        if cache.offset + 1 > cache.n_ctx:
+            raise ContextOverflowError(f"positions {cache.offset}..{cache.offset + 1} do not fit the context "
+                                       f"of {cache.n_ctx}")
+        self.launches += plan.launches
+        self.writes += 2
+        self.replays += 1
+        return plan.replay(self.queue, tokens, cache.offset)
+
+    def _record(self, model, tokens: np.ndarray, cache, all_logits: bool) -> tuple[DecodePlan | bool, np.ndarray]:
+        """Run the op-by-op forward once, recording it; (the plan or False, the logits)."""
+        self._rec = rec = Recorder()
+        self._positions.clear()        # the positions buffer must be this forward's own
+        pos0 = cache.offset
+        try:
+            logits = model.forward(tokens, cache, all_logits)
+        finally:
+            self._rec = None
+            self._positions.clear()    # a replay rewrites the recorded buffer: never reuse it
+        why = rec.check(np.asarray(tokens), pos0)
+        if why is not None:
+            log.info("decode step not replayable: %s", why)
+            return False, logits
+        return DecodePlan(rec, self.dev.program, self.dev.ls, self.fuse), logits
 
     def from_numpy(self, a: np.ndarray) -> DeviceArray:
         """A float32 host array on the device (tests and benches)."""

@@ -111,6 +111,7 @@ class Device:
     ctx: Any = field(init=False)
     queue: Any = field(init=False)
     kernels: dict[str, Any] = field(init=False)
+    program: Any = field(init=False)   # the built program (replay.py makes private kernel objects)
     ls: int = field(init=False)        # row-reduction work-group size (power of two, >= TPR)
     att_ls: int = field(init=False)    # attention work-group size
     tiled: bool = field(init=False)    # the 16x16 prefill matmul fits the device's work-groups
@@ -150,6 +151,7 @@ class Device:
         except ocl.Error as e:
             first = next((ln for ln in str(e).splitlines() if "error" in ln.lower()), str(e).splitlines()[0])
             raise OpenCLError(f"OpenCL kernels failed to build on {self.name}: {first.strip()}") from None
+        self.program = prg
         kernels = {k.function_name: k for k in prg.all_kernels()}
         for k in kernels.values():
             _declare_scalars(k)

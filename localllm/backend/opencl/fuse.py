@@ -1,0 +1,152 @@
+"""Fusion of a recorded decode step's launches (replay.py): fewer, larger kernels, same numbers.
+
+The recorded list is the op-by-op forward, exactly. Each rewrite below replaces a few launches
+by one kernel of kernels/opencl that does the same float32 operations in the same order (so the
+replay stays bit-identical to the op-by-op step), and only when the intermediate buffers it
+removes are read by nothing else:
+
+  gemv(W, x) -> B; add(A, B)             =>  gemv_add(W, x, A)               (residual adds)
+  gemv(Wg, h), gemv(Wu, h); swiglu       =>  gemv_swiglu(Wg, Wu, h)          (the FFN's input half)
+  gemv(Wa, h), gemv(Wb, h), gemv(Wc, h)  =>  gemv3(Wa, Wb, Wc, h)            (Q, K, V)
+  rope(q), rope(k); kv_store(k', v)      =>  rope_qk_kv_store(q, k, v)
+
+A fused launch takes the place of the last launch it replaces (its inputs all exist by then:
+recorded buffers are written once, except KV caches, which no product reads), or of the first
+where its outputs are read before the last (gemv3: its products have one input).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .device import TPR
+
+
+@dataclass
+class Launch:
+    name: str
+    gsize: tuple
+    lsize: tuple | None
+    args: tuple
+
+
+def _bufs(args: tuple) -> list[Any]:
+    return [a for a in args if not isinstance(a, np.generic)]
+
+
+GEMV = re.compile(r"gemv_(q4_0|q4_1|q8_0|f16|f32)_f32")
+
+
+def _gemv_kind(name: str) -> str | None:
+    """The weight kind of a plain gemv launch name gemv_<kind>_f32, else None."""
+    m = GEMV.fullmatch(name)
+    return m.group(1) if m else None
+
+
+class _Fuser:
+    def __init__(self, steps: list, result: Any, ls: int) -> None:
+        self.steps, self.ls = list(steps), ls
+        self.uses = Counter(id(b) for s in self.steps for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
+        self.uses[id(result)] += 1
+        self.producer = {}                     # id(buffer) -> index of the gemv that writes it
+        for i, s in enumerate(self.steps):
+            if isinstance(s, Launch) and _gemv_kind(s.name):
+                self.producer[id(s.args[4])] = i
+
+    def _private(self, buf: Any, n: int = 2) -> bool:
+        """buf is read by nothing but its producer and one consumer."""
+        return self.uses[id(buf)] == n
+
+    def _gemv_of(self, buf: Any) -> int | None:
+        i = self.producer.get(id(buf))
+        return i if i is not None and self.steps[i] is not None and self._private(buf) else None
+
+    def residual_adds(self) -> None:
+        for i, s in enumerate(self.steps):
+            if not (isinstance(s, Launch) and s.name == "add_f32"):
+                continue
+            a, b, y, _ = s.args
+            for prod, res in ((b, a), (a, b)):
+                g = self._gemv_of(prod)
+                if g is not None:
+                    G = self.steps[g]
+                    wq, wd, wm, x, _, n, k = G.args
+                    self.steps[i] = Launch(f"gemv_add_{_gemv_kind(G.name)}_f32", G.gsize, G.lsize,
+                                           (wq, wd, wm, x, res, y, n, k))
+                    self.steps[g] = None
+                    break
+
+    def swiglu(self) -> None:
+        for i, s in enumerate(self.steps):
+            if not (isinstance(s, Launch) and s.name == "swiglu_f32"):
+                continue
+            gi, ui = self._gemv_of(s.args[0]), self._gemv_of(s.args[1])
+            if gi is None or ui is None:
+                continue
+            G, U = self.steps[gi], self.steps[ui]
+            if G.name != U.name or G.args[3] is not U.args[3] or G.args[5:] != U.args[5:]:
+                continue
+            self.steps[i] = Launch(f"gemv_swiglu_{_gemv_kind(G.name)}_f32", G.gsize, G.lsize,
+                                   (*G.args[:3], *U.args[:3], G.args[3], s.args[2], *G.args[5:]))
+            self.steps[gi] = self.steps[ui] = None
+
+    def qkv(self) -> None:
+        """Plain gemvs of one input (after the rewrites above: Q, K, V) become gemv3 launches."""
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(self.steps):
+            if isinstance(s, Launch) and _gemv_kind(s.name):
+                groups.setdefault((id(s.args[3]), s.name, int(s.args[6]), s.gsize[1]), []).append(i)
+        for idx in groups.values():
+            for part in (idx[j:j + 3] for j in range(0, len(idx), 3)):
+                if len(part) < 2:
+                    continue
+                ls = [self.steps[i] for i in part]
+                while len(ls) < 3:        # a pair: the third matrix is empty
+                    ls.append(Launch(ls[0].name, ls[0].gsize, ls[0].lsize, (*ls[0].args[:5], np.int32(0), ls[0].args[6])))
+                a, b, c = ls
+                rows = self.ls // TPR
+                n = int(a.args[5]) + int(b.args[5]) + int(c.args[5])
+                self.steps[part[0]] = Launch(
+                    f"gemv3_{_gemv_kind(a.name)}_f32", (-(-n // rows) * self.ls, a.gsize[1]), a.lsize,
+                    (*a.args[:3], *b.args[:3], *c.args[:3], a.args[3], a.args[4], b.args[4], c.args[4],
+                     a.args[5], b.args[5], c.args[5], a.args[6]))
+                for i in part[1:]:
+                    self.steps[i] = None
+
+    def rope_store(self) -> None:
+        for i, s in enumerate(self.steps):
+            if not (isinstance(s, Launch) and s.name == "kv_store_f16"):
+                continue
+            ko, v, kc, vc, pos, row_k, row_v, _, _ = s.args
+            j = next((j for j in range(i - 1, -1, -1) if self.steps[j] is not None), None)
+            if j is None or j < 1 or self.steps[j].name != "rope_f32" or self.steps[j].args[3] is not ko \
+                    or not self._private(ko):
+                continue
+            r2 = self.steps[j]
+            r1 = self.steps[j - 1]
+            if r1 is None or r1.name != "rope_f32" or r1.args[1:3] != r2.args[1:3] or r1.args[5:] != r2.args[5:] \
+                    or r2.args[1] is not pos:
+                continue
+            q, _, inv, qo, hq, d, n_rot, neox, fs = r1.args
+            k, hkv = r2.args[0], r2.args[4]
+            if int(row_k) != int(hkv) * int(d):
+                continue
+            T = r1.gsize[1] // int(hq)
+            self.steps[i] = Launch("rope_qk_kv_store_f32", (r1.gsize[0], T * (int(hq) + int(hkv))), r1.lsize,
+                                   (q, k, v, pos, inv, qo, kc, vc, hq, hkv, d, n_rot, neox, fs,
+                                    np.int32(int(row_v) // int(hkv))))
+            self.steps[j] = self.steps[j - 1] = None
+
+
+def fuse(steps: list, result: Any, ls: int) -> list:
+    """The recorded steps (Launch, or ("c", dst, src, nbytes, offset) device copies) rewritten."""
+    f = _Fuser(steps, result, ls)
+    f.swiglu()
+    f.residual_adds()
+    f.qkv()
+    f.rope_store()
+    return [s for s in f.steps if s is not None]

@@ -2,7 +2,7 @@
 // TPR lanes share a row and walk its 16-element units (half a 32-block) in turn, so consecutive
 // lanes read consecutive weight bytes; partial sums meet in local memory. The weights are read
 // in their quantized form: this kernel is bound by the bytes it reads.
-// Launch: global (ceil(n / (LS/TPR)) * LS, T), local (LS, 1).
+// Launch: see GEMV below.
 
 inline float dot16(float8 a, float8 b, float8 c, float8 e)
 {
@@ -45,22 +45,46 @@ inline int second_half(const int wt)
     return wt == W_Q4_0 || wt == W_Q4_1 ? 16 : 8;
 }
 
-inline float unit_dot(const int wt, WARGS, size_t row, int u, int k, __global const float *x)
+// RPW (build-time constant) rows per team of TPR lanes: a lane loads its activation slice once
+// and multiplies it by the weights of RPW rows, so x is read RPW times less and each lane has
+// RPW weight loads in flight.
+
+// Offset in x of unit u's first eight activations (see unit_w).
+inline int unit_x(const int wt, int u)
 {
-    float8 wa, wb;
-    int o = unit_w(wt, WPASS, row, u, k, &wa, &wb);
-    return dot16(wa, vload8(0, x + o), wb, vload8(0, x + o + second_half(wt)));
+    return wt == W_Q4_0 || wt == W_Q4_1 ? (u >> 1) * 32 + (u & 1) * 8 : u * 16;
 }
 
-// This lane's share of row `row`'s dot product with x (TPR lanes share a row, see above).
-inline float row_part(const int wt, WARGS, __global const float *x, int row, int k, int lane)
+// This lane's shares of the dot products of rows row0..row0+RPW-1 with x, into acc. The rows
+// are numbered across up to three matrices of one kind and width k: [0, na) are A's, then
+// [na, na+nb) B's, then C's (plain products pass nb = nc = 0).
+inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global const half *bd,
+                      __global const half *bm, __global const uchar *cq, __global const half *cd,
+                      __global const half *cm, int na, int nb, int nc, __global const float *x,
+                      int row0, int k, int lane, float *acc)
 {
-    float acc = 0.0f;
-    for (int u = lane; u < k / 16; u += TPR)
-        acc += unit_dot(wt, WPASS, row, u, k, x);
+    for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
+    int n = na + nb + nc;
+    if (row0 >= n) return;
+    for (int u = lane; u < k / 16; u += TPR) {
+        int o = unit_x(wt, u);
+        float8 xa = vload8(0, x + o), xb = vload8(0, x + o + second_half(wt)), wa, wb;
+        for (int r = 0; r < RPW; r++) {
+            int row = row0 + r;
+            if (row < na) unit_w(wt, WPASS, row, u, k, &wa, &wb);
+            else if (row < na + nb) unit_w(wt, bq, bd, bm, row - na, u, k, &wa, &wb);
+            else if (row < n) unit_w(wt, cq, cd, cm, row - na - nb, u, k, &wa, &wb);
+            else break;
+            acc[r] += dot16(wa, xa, wb, xb);
+        }
+    }
     for (int e = (k / 16) * 16 + lane; e < k; e += TPR)   // float kinds: the k % 16 tail
-        acc += load1(wt, WPASS, row, e, k) * x[e];
-    return acc;
+        for (int r = 0; r < RPW && row0 + r < n; r++) {
+            int row = row0 + r;
+            float w = row < na ? load1(wt, WPASS, row, e, k)
+                    : row < na + nb ? load1(wt, bq, bd, bm, row - na, e, k) : load1(wt, cq, cd, cm, row - na - nb, e, k);
+            acc[r] += w * x[e];
+        }
 }
 
 // Sum of the TPR partials of each row in `part` (a tree, same order in every kernel); the row's
@@ -79,22 +103,30 @@ inline float row_total(__local float *part, float acc)
     return total;
 }
 
-// The group's row (LS/TPR rows per group) and this lane's place in it.
-#define GEMV_ROW int lid = get_local_id(0), lane = lid % TPR, row = get_group_id(0) * (LS / TPR) + lid / TPR, \
-    t = get_global_id(1)
+// The team's first row (LS/TPR teams of RPW rows per group), this lane's place, the token.
+#define GEMV_ROWS int lid = get_local_id(0), lane = lid % TPR, \
+    row0 = (get_group_id(0) * (LS / TPR) + lid / TPR) * RPW, t = get_global_id(1)
+#define ONE(n) WPASS, WPASS, WPASS, n, 0, 0
 
-inline void gemv(const int wt, WARGS, __global const float *x, __global float *y, int n, int k,
-                 __local float *part)
+// y = W x (+ res when res != 0: a residual add fused by a recorded decode step, fuse.py).
+inline void gemv(const int wt, WARGS, __global const float *x, __global const float *res, __global float *y,
+                 int n, int k, __local float *part)
 {
-    GEMV_ROW;
+    GEMV_ROWS;
+    float acc[RPW];
     x += (size_t)t * k;
-    float dot = row_total(part, row < n ? row_part(wt, WPASS, x, row, k, lane) : 0.0f);
-    if (lane == 0 && row < n) y[(size_t)t * n + row] = dot;
+    rows_part(wt, ONE(n), x, row0, k, lane, acc);
+    for (int r = 0; r < RPW; r++) {
+        float dot = row_total(part, acc[r]);
+        size_t i = (size_t)t * n + row0 + r;
+        if (lane == 0 && row0 + r < n) y[i] = res ? res[i] + dot : dot;
+    }
 }
 
+// Launch of every gemv kernel: global (ceil(rows / (LS/TPR*RPW)) * LS, T), local (LS, 1).
 #define GEMV(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k) \
-{ __local float part[LS]; gemv(WT, WPASS, x, y, n, k, part); }
+{ __local float part[LS]; gemv(WT, WPASS, x, 0, y, n, k, part); }
 
 GEMV(gemv_q4_0_f32, W_Q4_0)
 GEMV(gemv_q4_1_f32, W_Q4_1)
@@ -105,16 +137,10 @@ GEMV(gemv_f32_f32, W_F32)
 // Fused forms of gemv that a recorded decode step uses (fuse.py): each does in one launch what
 // a gemv and the op after it did in two, with the same float32 operations in the same order.
 
-// y = res + W x (a residual add). Launch as gemv.
+// y = res + W x (a residual add).
 #define GEMV_ADD(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global const float *res, __global float *y, int n, int k) \
-{ \
-    __local float part[LS]; \
-    GEMV_ROW; \
-    x += (size_t)t * k; \
-    float dot = row_total(part, row < n ? row_part(WT, WPASS, x, row, k, lane) : 0.0f); \
-    if (lane == 0 && row < n) y[(size_t)t * n + row] = res[(size_t)t * n + row] + dot; \
-}
+{ __local float part[LS]; gemv(WT, WPASS, x, res, y, n, k, part); }
 
 GEMV_ADD(gemv_add_q4_0_f32, W_Q4_0)
 GEMV_ADD(gemv_add_q4_1_f32, W_Q4_1)
@@ -123,17 +149,20 @@ GEMV_ADD(gemv_add_f16_f32, W_F16)
 GEMV_ADD(gemv_add_f32_f32, W_F32)
 
 // y = silu(Wg x) * (Wu x): the gate and up products and SwiGLU. Wg, Wu [n, k] of one kind.
-// Launch as gemv.
 #define GEMV_SWIGLU(NAME, WT) \
 __kernel void NAME(WARGS, __global const uchar *uq, __global const half *ud, __global const half *um, \
                    __global const float *x, __global float *y, int n, int k) \
 { \
     __local float part[LS]; \
-    GEMV_ROW; \
+    GEMV_ROWS; \
+    float g[RPW], u[RPW]; \
     x += (size_t)t * k; \
-    float g = row_total(part, row < n ? row_part(WT, WPASS, x, row, k, lane) : 0.0f); \
-    float u = row_total(part, row < n ? row_part(WT, uq, ud, um, x, row, k, lane) : 0.0f); \
-    if (lane == 0 && row < n) y[(size_t)t * n + row] = g / (1.0f + exp(-g)) * u; \
+    rows_part(WT, ONE(n), x, row0, k, lane, g); \
+    rows_part(WT, uq, ud, um, uq, ud, um, uq, ud, um, n, 0, 0, x, row0, k, lane, u); \
+    for (int r = 0; r < RPW; r++) { \
+        float gr = row_total(part, g[r]), ur = row_total(part, u[r]); \
+        if (lane == 0 && row0 + r < n) y[(size_t)t * n + row0 + r] = gr / (1.0f + exp(-gr)) * ur; \
+    } \
 }
 
 GEMV_SWIGLU(gemv_swiglu_q4_0_f32, W_Q4_0)
@@ -143,8 +172,7 @@ GEMV_SWIGLU(gemv_swiglu_f16_f32, W_F16)
 GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
 
 // Three products of one input (Q, K, V): rows [0, na) of the launch are A's, then B's, then C's,
-// each written to its own output. A, B, C [n_i, k] of one kind.
-// Launch: global (ceil((na + nb + nc) / (LS/TPR)) * LS, T), local (LS, 1).
+// each written to its own output. A, B, C [n_i, k] of one kind; rows = na + nb + nc.
 #define GEMV3(NAME, WT) \
 __kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
                    __global const uchar *cq, __global const half *cd, __global const half *cm, \
@@ -152,17 +180,18 @@ __kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __g
                    int na, int nb, int nc, int k) \
 { \
     __local float part[LS]; \
-    GEMV_ROW; \
+    GEMV_ROWS; \
+    float acc[RPW]; \
     x += (size_t)t * k; \
-    float acc = 0.0f; \
-    if (row < na) acc = row_part(WT, WPASS, x, row, k, lane); \
-    else if (row < na + nb) acc = row_part(WT, bq, bd, bm, x, row - na, k, lane); \
-    else if (row < na + nb + nc) acc = row_part(WT, cq, cd, cm, x, row - na - nb, k, lane); \
-    float dot = row_total(part, acc); \
-    if (lane != 0) return; \
-    if (row < na) ya[(size_t)t * na + row] = dot; \
-    else if (row < na + nb) yb[(size_t)t * nb + row - na] = dot; \
-    else if (row < na + nb + nc) yc[(size_t)t * nc + row - na - nb] = dot; \
+    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, row0, k, lane, acc); \
+    for (int r = 0; r < RPW; r++) { \
+        float dot = row_total(part, acc[r]); \
+        int row = row0 + r; \
+        if (lane != 0) continue; \
+        if (row < na) ya[(size_t)t * na + row] = dot; \
+        else if (row < na + nb) yb[(size_t)t * nb + row - na] = dot; \
+        else if (row < na + nb + nc) yc[(size_t)t * nc + row - na - nb] = dot; \
+    } \
 }
 
 GEMV3(gemv3_q4_0_f32, W_Q4_0)

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 ENV_DEVICE = "LOCALLLM_OPENCL_DEVICE"   # a device index (as in list_devices) or a name substring
 KERNEL_FILES = ("common.cl", "gemv.cl", "matmul.cl", "elementwise.cl", "attention.cl")  # build order
 TPR = 32            # lanes per weight row in the matvec kernels: one NVIDIA warp, half an AMD wave
+RPW = 4             # rows per TPR-lane team in the matvec kernels (each lane's activations reused)
 MAX_DK = 512        # head dims attention keeps in local memory
 MAX_DV_PER = 8      # V dims per attention lane: dv <= MAX_DV_PER * ATT_LS
 
@@ -136,6 +137,11 @@ class Device:
                  self.dev.global_mem_size >> 20, self.ls, self.att_ls)
 
     @property
+    def gemv_rows(self) -> int:
+        """Matrix rows per work-group of the gemv kernels."""
+        return self.ls // TPR * RPW
+
+    @property
     def name(self) -> str:
         return self.dev.name.strip()
 
@@ -144,7 +150,7 @@ class Device:
         c_version = self.dev.opencl_c_version.split()[2] if self.dev.opencl_c_version else "1.0"
         if tuple(int(x) for x in c_version.split(".")[:2]) < (1, 2):
             raise OpenCLError(f"{self.name}: OpenCL C {c_version} is below the 1.2 the kernels need")
-        options = ["-cl-std=CL1.2", "-cl-kernel-arg-info", f"-DLS={self.ls}", f"-DTPR={TPR}", f"-DATT_LS={self.att_ls}",
+        options = ["-cl-std=CL1.2", "-cl-kernel-arg-info", f"-DLS={self.ls}", f"-DTPR={TPR}", f"-DRPW={RPW}", f"-DATT_LS={self.att_ls}",
                    f"-DMAX_DK={MAX_DK}", f"-DMAX_DV_PER={MAX_DV_PER}"]
         try:
             prg = ocl.Program(self.ctx, kernel_source()).build(options=options)

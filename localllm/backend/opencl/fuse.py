@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .device import TPR
+from .device import RPW, TPR
 
 
 @dataclass
@@ -108,7 +108,7 @@ class _Fuser:
                 while len(ls) < 3:        # a pair: the third matrix is empty
                     ls.append(Launch(ls[0].name, ls[0].gsize, ls[0].lsize, (*ls[0].args[:5], np.int32(0), ls[0].args[6])))
                 a, b, c = ls
-                rows = self.ls // TPR
+                rows = self.ls // TPR * RPW
                 n = int(a.args[5]) + int(b.args[5]) + int(c.args[5])
                 self.steps[part[0]] = Launch(
                     f"gemv3_{_gemv_kind(a.name)}_f32", (-(-n // rows) * self.ls, a.gsize[1]), a.lsize,

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .device import RPW, TPR
 
 
 @dataclass
@@ -48,8 +47,8 @@ def _gemv_kind(name: str) -> str | None:
 
 
 class _Fuser:
-    def __init__(self, steps: list, result: Any, ls: int) -> None:
-        self.steps, self.ls = list(steps), ls
+    def __init__(self, steps: list, result: Any, ls: int, rows: int) -> None:
+        self.steps, self.ls, self.rows = list(steps), ls, rows
         self.uses = Counter(id(b) for s in self.steps for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
         self.uses[id(result)] += 1
         self.producer = {}                     # id(buffer) -> index of the gemv that writes it
@@ -108,7 +107,7 @@ class _Fuser:
                 while len(ls) < 3:        # a pair: the third matrix is empty
                     ls.append(Launch(ls[0].name, ls[0].gsize, ls[0].lsize, (*ls[0].args[:5], np.int32(0), ls[0].args[6])))
                 a, b, c = ls
-                rows = self.ls // TPR * RPW
+                rows = self.rows
                 n = int(a.args[5]) + int(b.args[5]) + int(c.args[5])
                 self.steps[part[0]] = Launch(
                     f"gemv3_{_gemv_kind(a.name)}_f32", (-(-n // rows) * self.ls, a.gsize[1]), a.lsize,
@@ -142,9 +141,10 @@ class _Fuser:
             self.steps[j] = self.steps[j - 1] = None
 
 
-def fuse(steps: list, result: Any, ls: int) -> list:
-    """The recorded steps (Launch, or ("c", dst, src, nbytes, offset) device copies) rewritten."""
-    f = _Fuser(steps, result, ls)
+def fuse(steps: list, result: Any, ls: int, rows: int) -> list:
+    """The recorded steps (Launch, or ("c", dst, src, nbytes, offset) device copies) rewritten;
+    ls, rows: the gemv kernels' work-group size and matrix rows per work-group."""
+    f = _Fuser(steps, result, ls, rows)
     f.swiglu()
     f.residual_adds()
     f.qkv()

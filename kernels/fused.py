@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from .isa import specialize
-from .qmatmul import TILE, q6_groups, r8_groups
+from .qmatmul import q6_groups, r8_groups
 from .quant import Q6, QK, R, _quantize_row
 from .simd import atomic_add_i64, atomic_load_i64, atomic_xchg_i64, cpu_relax, cycles, f16_to_f32, f32_to_f16
 
@@ -136,7 +136,6 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
     To = T - r0
     sync[:] = 0
     for tid in prange(nthreads):
-        acc = np.empty(TILE * 16, dtype=np.float32)
         qrot = np.empty(dk, dtype=np.float32)
         oacc = np.empty(dv, dtype=np.float32)
         tl = np.zeros(6, dtype=np.int64)     # stage of the wait clock, its start; chunks, rescues, wait cycles
@@ -160,7 +159,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 MM_QKV(qkv_qs[l], qkv_d[l], qkv_m[l], hq[ha], hd[ha], hs[ha], c * GPC, min(G_qkv, c * GPC + GPC),
-                       qkv[li], acc)
+                       qkv[li])
                 _mark(sync, flags, st, c, epoch)
             st += 1
             # 3. rope K, store K and V in the float16 cache
@@ -216,7 +215,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 g0, g1 = c * GPC, min(G_o, c * GPC + GPC)
-                MM_O(o_qs[l], o_d[l], o_m[l], aq[li], ad[li], as_[li], g0, g1, proj[pa], acc)
+                MM_O(o_qs[l], o_d[l], o_m[l], aq[li], ad[li], as_[li], g0, g1, proj[pa])
                 for t in range(T):
                     for j in range(g0 * R, min(g1 * R, dim)):
                         x[xa, t, j] = x[xi, t, j] + proj[pa, t, j]
@@ -237,8 +236,8 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 g0, g1 = c * 4, c * 4 + 4
-                MM_FF(gate_qs[l], gate_d[l], gate_m[l], hq[hf], hd[hf], hs[hf], g0, g1, gbuf[li], acc)
-                MM_FF(up_qs[l], up_d[l], up_m[l], hq[hf], hd[hf], hs[hf], g0, g1, ubuf[li], acc)
+                MM_FF(gate_qs[l], gate_d[l], gate_m[l], hq[hf], hd[hf], hs[hf], g0, g1, gbuf[li])
+                MM_FF(up_qs[l], up_d[l], up_m[l], hq[hf], hd[hf], hs[hf], g0, g1, ubuf[li])
                 for t in range(T):
                     for j in range(c * QK, c * QK + QK):
                         gv = gbuf[li, t, j]
@@ -253,7 +252,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 g0, g1 = c * GPC, min(G_dn, c * GPC + GPC)
-                MM_DOWN(down_qs[l], down_d[l], down_m[l], fq[li], fd[li], fs[li], g0, g1, proj[pf], acc)
+                MM_DOWN(down_qs[l], down_d[l], down_m[l], fq[li], fd[li], fs[li], g0, g1, proj[pf])
                 for t in range(T):
                     for j in range(g0 * R, min(g1 * R, dim)):
                         x[xf, t, j] = x[xa, t, j] + proj[pf, t, j]
@@ -274,7 +273,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
             c = _next(sync, flags, st, n_out, epoch, rescue, tl)
             if c < 0:
                 break
-            MM_OUT(out_qs, out_d, out_m, oq, od, os_, c * GPC_OUT, min(G_out, c * GPC_OUT + GPC_OUT), logits, acc)
+            MM_OUT(out_qs, out_d, out_m, oq, od, os_, c * GPC_OUT, min(G_out, c * GPC_OUT + GPC_OUT), logits)
             _mark(sync, flags, st, c, epoch)
         if tid < stats.shape[0]:                 # per thread: chunks claimed, chunks rescued, wait and busy cycles
             stats[tid, 0] += tl[2]

@@ -3,8 +3,8 @@
 One source per algorithm, compiled per (weight encoding, instruction set) by `kernels.isa.specialize`:
   _mm_r8_groups  zmm-shaped, serial over a range of 8-row groups: per 32-column block, four
                  `dot_u8s8` (u8 weights x broadcast int8 activations) give int32 per lane, then
-                 lane += d_w*d_x*dot + m_w*s_x in float32. Decode keeps the accumulator in a
-                 register; prefill holds 2 groups x 4 activation rows. The fused step calls it
+                 lane += d_w*d_x*dot + m_w*s_x in float32. Batches hold 2 groups x 4
+                 activation rows in registers; the rows left (all, below 4) one accumulator each. The fused step calls it
                  directly; `_mul_par` runs it over parallel tasks (so does the q6 kernel).
   _mul_r8_plain  the portable twin: plain integer loops over the same layout (and the oracle the
                  SIMD builds are tested against).
@@ -21,11 +21,10 @@ from numba import njit, prange
 from . import simd
 from .isa import AVX2, PORTABLE, VNNI, specialize
 from .quant import Q6, Q6_BYTES, QK, R, U4, R8Weight, q6_at, quant_at
-from .simd import (bcast8_i8x64, const32_i8x64, sub_i32, unpack_q6, fma_f32, load_f32x16, load_i8x64, load_pairs_f32x16, mul_f32, nibbles,
-                   scale_at, splat_f32, store_f32x16, store_pair_sums, to_f32, zero_f32, zero_i32)
+from .simd import (bcast8_i8x64, const32_i8x64, sub_i32, unpack_q6, fma_f32, load_i8x64, load_pairs_f32x16, mul_f32, nibbles,
+                   scale_at, splat_f32, store_pair_sums, to_f32, zero_f32, zero_i32)
 
-TILE = 4             # activation rows sharing one decode of a weight block (prefill)
-GROUPS_PER_TASK = 4  # 8-row groups per parallel task: amortises the per-task scratch allocation
+GROUPS_PER_TASK = 4  # 8-row groups per parallel task
 
 
 @njit(inline="always")
@@ -52,30 +51,14 @@ def _offsets_from_d(m, off, dw):
 
 
 # --- r8 x Q8_0 on a range of 8-row groups: the serial body of the matmul and of the fused step
-def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
+def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y):
     """y[t, g*8 + r] for groups g0 <= g < g1 and all rows t of xq. Globals bound per build:
-    unpack, dot_u8s8, BLOCK_BYTES, offsets (m stored or -zero*d). acc: float32 scratch [TILE * 16]."""
+    unpack, dot_u8s8, BLOCK_BYTES, offsets (m stored or -zero*d)."""
     T, k = xq.shape[0], xq.shape[1]
     nb, ny = k // QK, y.shape[1]
-    if T == 1:                                   # decode: the accumulator stays in a register
-        for g in range(g0, g1):
-            a = zero_f32()
-            for b in range(nb):
-                c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
-                dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
-                mw = offsets(m, g * m.shape[1] + b * R, dw)
-                xo = b * QK
-                dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
-                dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
-                dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
-                dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-                a = fma_f32(mw, splat_f32(xs[0, b]), a)
-                a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[0, b])), a)
-            store_pair_sums(y, g * R, a)
-        return
     T4 = T - T % 4
-    g2 = g0 + (g1 - g0) // 2 * 2
-    for g in range(g0, g2, 2):                  # prefill: 2 groups x 4 rows held in registers
+    g2 = g0 + (g1 - g0) // 2 * 2 if T4 else g0
+    for g in range(g0, g2, 2):                  # batches: 2 groups x 4 rows held in registers
         for t0 in range(0, T4, 4):
             a00, a01, a02, a03 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
             a10, a11, a12, a13 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
@@ -98,27 +81,21 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
             store_pair_sums(y, (t0 + 1) * ny + (g + 1) * R, a11)
             store_pair_sums(y, (t0 + 2) * ny + (g + 1) * R, a12)
             store_pair_sums(y, (t0 + 3) * ny + (g + 1) * R, a13)
-    for g in range(g0, g1):                     # what is left: odd group, last T % 4 rows
-        for t0 in range(T4 if g < g2 else 0, T, TILE):
-            nt = min(TILE, T - t0)
-            for i in range(nt):
-                store_f32x16(acc, i * 16, zero_f32())
+    for g in range(g0, g1):                     # the rows no tile took (all of them below 4 rows):
+        for t in range(T4 if g < g2 else 0, T):  # one register accumulator per row, the group in L1
+            a = zero_f32()
             for b in range(nb):
                 c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
                 dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
                 mw = offsets(m, g * m.shape[1] + b * R, dw)
-                for i in range(nt):
-                    t = t0 + i
-                    xo = t * k + b * QK
-                    dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
-                    dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
-                    dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
-                    dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-                    a = fma_f32(mw, splat_f32(xs[t, b]), load_f32x16(acc, i * 16))
-                    a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
-                    store_f32x16(acc, i * 16, a)
-            for i in range(nt):
-                store_pair_sums(y, (t0 + i) * ny + g * R, load_f32x16(acc, i * 16))
+                xo = t * k + b * QK
+                dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
+                dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
+                dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
+                dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
+                a = fma_f32(mw, splat_f32(xs[t, b]), a)
+                a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
+            store_pair_sums(y, t * ny + g * R, a)
 
 
 def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a0, a1):
@@ -165,9 +142,9 @@ def _q6_step(xq, xd, t, k, b, c0, c1, c2, c3, d0, d1, a):
     return fma_f32(to_f32(e1), mul_f32(d1, dx), a)
 
 
-def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y, acc):
+def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y):
     """y[t, g*8 + r] for q6 groups g0 <= g < g1 and all rows t (serial; the fused step's MM slot
-    contract, m/xs/acc unused). Four activation rows share each unpacked block. Global: q6_step."""
+    contract, m/xs unused). Four activation rows share each unpacked block. Global: q6_step."""
     T, k = xq.shape[0], xq.shape[1]
     nb, ny = k // QK, y.shape[1]
     T4 = T - T % 4
@@ -199,8 +176,7 @@ def _mul_par(qs, d, m, xq, xd, xs, y):
     """The parallel matmul, r8 or q6: tasks of GROUPS_PER_TASK groups. Global bound per build: mm."""
     G = qs.shape[0]
     for task in prange((G + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK):
-        acc = np.empty(TILE * 16, dtype=np.float32)                     # [TILE, 16 lanes] scratch
-        mm(qs, d, m, xq, xd, xs, task * GROUPS_PER_TASK, min(G, (task + 1) * GROUPS_PER_TASK), y, acc)
+        mm(qs, d, m, xq, xd, xs, task * GROUPS_PER_TASK, min(G, (task + 1) * GROUPS_PER_TASK), y)
 
 
 def _mul_q6_plain(qs, d, m, xq, xd, xs, y):

@@ -256,6 +256,7 @@ def test_replayed_decode_equals_op_by_op(tiny_llama):
         model.forward(np.array([1]), cache)
         names = {s[1].function_name for p in be._plans[cache].values() for s in p.steps}
         assert {"gemv3_q4_0_f32", "gemv_swiglu_q4_0_f32", "gemv_add_q4_0_f32", "rope_qk_kv_store_f32"} <= names
+        assert "rms_norm_f32" not in names and "add_f32" not in names and "swiglu_f32" not in names
 
 
 def test_replay_survives_rollback(tiny_llama):

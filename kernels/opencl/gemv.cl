@@ -55,20 +55,35 @@ inline int unit_x(const int wt, int u)
     return wt == W_Q4_0 || wt == W_Q4_1 ? (u >> 1) * 32 + (u & 1) * 8 : u * 16;
 }
 
+// rms_norm_f32's scale 1 / sqrt(mean(x^2) + eps) of x [d], by the same lanes in the same order,
+// so a product with a fused RMSNorm sees exactly the normalized values rms_norm_f32 would write.
+inline float rms_inv(__global const float *x, int d, float eps, __local float *part)
+{
+    float ss = 0.0f;
+    for (int i = get_local_id(0); i < d; i += LS)
+        ss += x[i] * x[i];
+    return 1.0f / sqrt(group_sum(part, ss) / d + eps);
+}
+
 // This lane's shares of the dot products of rows row0..row0+RPW-1 with x, into acc. The rows
 // are numbered across up to three matrices of one kind and width k: [0, na) are A's, then
-// [na, na+nb) B's, then C's (plain products pass nb = nc = 0).
+// [na, na+nb) B's, then C's (plain products pass nb = nc = 0). With nw, x is first RMS-normed
+// (x * inv * nw, as rms_norm_f32 computes it).
 inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global const half *bd,
                       __global const half *bm, __global const uchar *cq, __global const half *cd,
                       __global const half *cm, int na, int nb, int nc, __global const float *x,
-                      int row0, int k, int lane, float *acc)
+                      __global const float *nw, float inv, int row0, int k, int lane, float *acc)
 {
     for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
     int n = na + nb + nc;
     if (row0 >= n) return;
     for (int u = lane; u < k / 16; u += TPR) {
-        int o = unit_x(wt, u);
-        float8 xa = vload8(0, x + o), xb = vload8(0, x + o + second_half(wt)), wa, wb;
+        int o = unit_x(wt, u), o2 = o + second_half(wt);
+        float8 xa = vload8(0, x + o), xb = vload8(0, x + o2), wa, wb;
+        if (nw) {
+            xa = xa * inv * vload8(0, nw + o);
+            xb = xb * inv * vload8(0, nw + o2);
+        }
         for (int r = 0; r < RPW; r++) {
             int row = row0 + r;
             if (row < na) unit_w(wt, WPASS, row, u, k, &wa, &wb);
@@ -78,55 +93,58 @@ inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global co
             acc[r] += dot16(wa, xa, wb, xb);
         }
     }
-    for (int e = (k / 16) * 16 + lane; e < k; e += TPR)   // float kinds: the k % 16 tail
+    for (int e = (k / 16) * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
+        float xe = nw ? x[e] * inv * nw[e] : x[e];
         for (int r = 0; r < RPW && row0 + r < n; r++) {
             int row = row0 + r;
             float w = row < na ? load1(wt, WPASS, row, e, k)
                     : row < na + nb ? load1(wt, bq, bd, bm, row - na, e, k) : load1(wt, cq, cd, cm, row - na - nb, e, k);
-            acc[r] += w * x[e];
+            acc[r] += w * xe;
         }
+    }
 }
 
-// Sum of the TPR partials of each row in `part` (a tree, same order in every kernel); the row's
-// first lane returns the total, the others 0. Every lane of the group must call it.
-inline float row_total(__local float *part, float acc)
+// Sums each of acc[0..nr) over the TPR lanes of the team, one tree for all of them (part:
+// [nr * LS] local floats); the team's first lane gets the totals in acc. Every lane must call it.
+inline void rows_total(__local float *part, float *acc, int nr)
 {
     int lid = get_local_id(0), lane = lid % TPR;
-    part[lid] = acc;
+    for (int r = 0; r < nr; r++) part[r * LS + lid] = acc[r];
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int s = TPR / 2; s > 0; s >>= 1) {
-        if (lane < s) part[lid] += part[lid + s];
+        if (lane < s)
+            for (int r = 0; r < nr; r++) part[r * LS + lid] += part[r * LS + lid + s];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    float total = lane == 0 ? part[lid] : 0.0f;
-    barrier(CLK_LOCAL_MEM_FENCE);                         // part is reused by the next total
-    return total;
+    for (int r = 0; r < nr; r++) acc[r] = part[r * LS + lid];
 }
 
 // The team's first row (LS/TPR teams of RPW rows per group), this lane's place, the token.
 #define GEMV_ROWS int lid = get_local_id(0), lane = lid % TPR, \
     row0 = (get_group_id(0) * (LS / TPR) + lid / TPR) * RPW, t = get_global_id(1)
 #define ONE(n) WPASS, WPASS, WPASS, n, 0, 0
+// x of token t, and rms_inv of it when a norm is fused (nw non-null); needs part and k in scope
+#define GEMV_X(nw, eps) x += (size_t)t * k; float inv = nw ? rms_inv(x, k, eps, part) : 1.0f
 
-// y = W x (+ res when res != 0: a residual add fused by a recorded decode step, fuse.py).
-inline void gemv(const int wt, WARGS, __global const float *x, __global const float *res, __global float *y,
-                 int n, int k, __local float *part)
+// y = W x (+ res when res is non-null: a residual add), x RMS-normed first when nw is non-null.
+inline void gemv(const int wt, WARGS, __global const float *x, __global const float *nw, float eps,
+                 __global const float *res, __global float *y, int n, int k, __local float *part)
 {
     GEMV_ROWS;
     float acc[RPW];
-    x += (size_t)t * k;
-    rows_part(wt, ONE(n), x, row0, k, lane, acc);
+    GEMV_X(nw, eps);
+    rows_part(wt, ONE(n), x, nw, inv, row0, k, lane, acc);
+    rows_total(part, acc, RPW);
     for (int r = 0; r < RPW; r++) {
-        float dot = row_total(part, acc[r]);
         size_t i = (size_t)t * n + row0 + r;
-        if (lane == 0 && row0 + r < n) y[i] = res ? res[i] + dot : dot;
+        if (lane == 0 && row0 + r < n) y[i] = res ? res[i] + acc[r] : acc[r];
     }
 }
 
 // Launch of every gemv kernel: global (ceil(rows / (LS/TPR*RPW)) * LS, T), local (LS, 1).
 #define GEMV(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k) \
-{ __local float part[LS]; gemv(WT, WPASS, x, 0, y, n, k, part); }
+{ __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, 0, y, n, k, part); }
 
 GEMV(gemv_q4_0_f32, W_Q4_0)
 GEMV(gemv_q4_1_f32, W_Q4_1)
@@ -135,12 +153,13 @@ GEMV(gemv_f16_f32, W_F16)
 GEMV(gemv_f32_f32, W_F32)
 
 // Fused forms of gemv that a recorded decode step uses (fuse.py): each does in one launch what
-// a gemv and the op after it did in two, with the same float32 operations in the same order.
+// a gemv and the ops around it did in several, with the same float32 operations in the same
+// order. The RMSNorm before a product is fused as rms_inv + rows_part's nw (may be null).
 
 // y = res + W x (a residual add).
 #define GEMV_ADD(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global const float *res, __global float *y, int n, int k) \
-{ __local float part[LS]; gemv(WT, WPASS, x, res, y, n, k, part); }
+{ __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, res, y, n, k, part); }
 
 GEMV_ADD(gemv_add_q4_0_f32, W_Q4_0)
 GEMV_ADD(gemv_add_q4_1_f32, W_Q4_1)
@@ -148,20 +167,34 @@ GEMV_ADD(gemv_add_q8_0_f32, W_Q8_0)
 GEMV_ADD(gemv_add_f16_f32, W_F16)
 GEMV_ADD(gemv_add_f32_f32, W_F32)
 
-// y = silu(Wg x) * (Wu x): the gate and up products and SwiGLU. Wg, Wu [n, k] of one kind.
+// y = W rms_norm(x, nw) (the output head after the final norm).
+#define GEMV_NORM(NAME, WT) \
+__kernel void NAME(WARGS, __global const float *x, __global const float *nw, float eps, __global float *y, \
+                   int n, int k) \
+{ __local float part[RPW * LS]; gemv(WT, WPASS, x, nw, eps, 0, y, n, k, part); }
+
+GEMV_NORM(gemv_norm_q4_0_f32, W_Q4_0)
+GEMV_NORM(gemv_norm_q4_1_f32, W_Q4_1)
+GEMV_NORM(gemv_norm_q8_0_f32, W_Q8_0)
+GEMV_NORM(gemv_norm_f16_f32, W_F16)
+GEMV_NORM(gemv_norm_f32_f32, W_F32)
+
+// y = silu(Wg h) * (Wu h), h = x or rms_norm(x, nw): the gate and up products and SwiGLU.
+// Wg, Wu [n, k] of one kind.
 #define GEMV_SWIGLU(NAME, WT) \
 __kernel void NAME(WARGS, __global const uchar *uq, __global const half *ud, __global const half *um, \
-                   __global const float *x, __global float *y, int n, int k) \
+                   __global const float *x, __global const float *nw, float eps, __global float *y, int n, int k) \
 { \
-    __local float part[LS]; \
+    __local float part[2 * RPW * LS]; \
     GEMV_ROWS; \
-    float g[RPW], u[RPW]; \
-    x += (size_t)t * k; \
-    rows_part(WT, ONE(n), x, row0, k, lane, g); \
-    rows_part(WT, uq, ud, um, uq, ud, um, uq, ud, um, n, 0, 0, x, row0, k, lane, u); \
+    float gu[2 * RPW]; \
+    GEMV_X(nw, eps); \
+    rows_part(WT, ONE(n), x, nw, inv, row0, k, lane, gu); \
+    rows_part(WT, uq, ud, um, uq, ud, um, uq, ud, um, n, 0, 0, x, nw, inv, row0, k, lane, gu + RPW); \
+    rows_total(part, gu, 2 * RPW); \
     for (int r = 0; r < RPW; r++) { \
-        float gr = row_total(part, g[r]), ur = row_total(part, u[r]); \
-        if (lane == 0 && row0 + r < n) y[(size_t)t * n + row0 + r] = gr / (1.0f + exp(-gr)) * ur; \
+        float g = gu[r]; \
+        if (lane == 0 && row0 + r < n) y[(size_t)t * n + row0 + r] = g / (1.0f + exp(-g)) * gu[RPW + r]; \
     } \
 }
 
@@ -171,26 +204,27 @@ GEMV_SWIGLU(gemv_swiglu_q8_0_f32, W_Q8_0)
 GEMV_SWIGLU(gemv_swiglu_f16_f32, W_F16)
 GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
 
-// Three products of one input (Q, K, V): rows [0, na) of the launch are A's, then B's, then C's,
-// each written to its own output. A, B, C [n_i, k] of one kind; rows = na + nb + nc.
+// Three products of one input h = x or rms_norm(x, nw) (Q, K, V): rows [0, na) of the launch
+// are A's, then B's, then C's, each written to its own output. A, B, C [n_i, k] of one kind;
+// rows = na + nb + nc.
 #define GEMV3(NAME, WT) \
 __kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
                    __global const uchar *cq, __global const half *cd, __global const half *cm, \
-                   __global const float *x, __global float *ya, __global float *yb, __global float *yc, \
-                   int na, int nb, int nc, int k) \
+                   __global const float *x, __global const float *nw, float eps, \
+                   __global float *ya, __global float *yb, __global float *yc, int na, int nb, int nc, int k) \
 { \
-    __local float part[LS]; \
+    __local float part[RPW * LS]; \
     GEMV_ROWS; \
     float acc[RPW]; \
-    x += (size_t)t * k; \
-    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, row0, k, lane, acc); \
+    GEMV_X(nw, eps); \
+    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, inv, row0, k, lane, acc); \
+    rows_total(part, acc, RPW); \
     for (int r = 0; r < RPW; r++) { \
-        float dot = row_total(part, acc[r]); \
         int row = row0 + r; \
         if (lane != 0) continue; \
-        if (row < na) ya[(size_t)t * na + row] = dot; \
-        else if (row < na + nb) yb[(size_t)t * nb + row - na] = dot; \
-        else if (row < na + nb + nc) yc[(size_t)t * nc + row - na - nb] = dot; \
+        if (row < na) ya[(size_t)t * na + row] = acc[r]; \
+        else if (row < na + nb) yb[(size_t)t * nb + row - na] = acc[r]; \
+        else if (row < na + nb + nc) yc[(size_t)t * nc + row - na - nb] = acc[r]; \
     } \
 }
 

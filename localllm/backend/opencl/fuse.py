@@ -9,6 +9,7 @@ removes are read by nothing else:
   gemv(Wg, h), gemv(Wu, h); swiglu       =>  gemv_swiglu(Wg, Wu, h)          (the FFN's input half)
   gemv(Wa, h), gemv(Wb, h), gemv(Wc, h)  =>  gemv3(Wa, Wb, Wc, h)            (Q, K, V)
   rope(q), rope(k); kv_store(k', v)      =>  rope_qk_kv_store(q, k, v)
+  rms_norm(x) -> h; products of h         =>  the products read x and norm it themselves
 
 A fused launch takes the place of the last launch it replaces (its inputs all exist by then:
 recorded buffers are written once, except KV caches, which no product reads), or of the first
@@ -25,6 +26,9 @@ import numpy as np
 
 
 
+NO_EPS = np.float32(0)   # the eps argument of a product with no fused norm (nw is null)
+
+
 @dataclass
 class Launch:
     name: str
@@ -38,6 +42,7 @@ def _bufs(args: tuple) -> list[Any]:
 
 
 GEMV = re.compile(r"gemv_(q4_0|q4_1|q8_0|f16|f32)_f32")
+FAMILY = re.compile(r"(gemv|gemv3|gemv_swiglu)_(?:q4_0|q4_1|q8_0|f16|f32)_f32")
 
 
 def _gemv_kind(name: str) -> str | None:
@@ -90,7 +95,7 @@ class _Fuser:
             if G.name != U.name or G.args[3] is not U.args[3] or G.args[5:] != U.args[5:]:
                 continue
             self.steps[i] = Launch(f"gemv_swiglu_{_gemv_kind(G.name)}_f32", G.gsize, G.lsize,
-                                   (*G.args[:3], *U.args[:3], G.args[3], s.args[2], *G.args[5:]))
+                                   (*G.args[:3], *U.args[:3], G.args[3], None, NO_EPS, s.args[2], *G.args[5:]))
             self.steps[gi] = self.steps[ui] = None
 
     def qkv(self) -> None:
@@ -111,7 +116,7 @@ class _Fuser:
                 n = int(a.args[5]) + int(b.args[5]) + int(c.args[5])
                 self.steps[part[0]] = Launch(
                     f"gemv3_{_gemv_kind(a.name)}_f32", (-(-n // rows) * self.ls, a.gsize[1]), a.lsize,
-                    (*a.args[:3], *b.args[:3], *c.args[:3], a.args[3], a.args[4], b.args[4], c.args[4],
+                    (*a.args[:3], *b.args[:3], *c.args[:3], a.args[3], None, NO_EPS, a.args[4], b.args[4], c.args[4],
                      a.args[5], b.args[5], c.args[5], a.args[6]))
                 for i in part[1:]:
                     self.steps[i] = None
@@ -141,6 +146,44 @@ class _Fuser:
             self.steps[j] = self.steps[j - 1] = None
 
 
+    # where each product kernel takes its input x: (x, nw, eps) follow one another from there
+    X_ARG = {"gemv3": 9, "gemv_swiglu": 6, "gemv": 3}
+
+    def norms(self) -> None:
+        """An RMSNorm of one row whose output only products read is computed inside each of them."""
+        uses = Counter(id(b) for s in self.steps if s is not None
+                       for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
+        for i, s in enumerate(self.steps):
+            if not (isinstance(s, Launch) and s.name == "rms_norm_f32" and s.gsize[0] == self.ls):
+                continue
+            x, w, h, d, eps = s.args
+            readers = [j for j, r in enumerate(self.steps) if j != i and r is not None and isinstance(r, Launch)
+                       and any(a is h for a in _bufs(r.args))]
+            if len(readers) + 1 != uses[id(h)] or not readers:
+                continue
+            fused = [self._normed(self.steps[j], h, x, w, eps, int(d)) for j in readers]
+            if any(f is None for f in fused):
+                continue
+            for j, f in zip(readers, fused):
+                self.steps[j] = f
+            self.steps[i] = None
+
+    def _normed(self, p: Launch, h: Any, x: Any, w: Any, eps: Any, d: int) -> Launch | None:
+        """Product launch p (reading h as its input) reading x and norming it with w, or None."""
+        m = FAMILY.fullmatch(p.name)
+        fam = m.group(1) if m else None
+        at = self.X_ARG.get(fam)
+        if at is None or p.args[at] is not h or p.gsize[1] != 1:
+            return None
+        if fam == "gemv":                # gemv_<kind>_f32 (W, x, y, n, k) -> gemv_norm (W, x, nw, eps, y, n, k)
+            if int(p.args[6]) != d:
+                return None
+            return Launch(f"gemv_norm_{_gemv_kind(p.name)}_f32", p.gsize, p.lsize, (*p.args[:3], x, w, eps, *p.args[4:]))
+        if int(p.args[-1]) != d:        # gemv3 / gemv_swiglu end with k and carry (x, None, eps) at `at`
+            return None
+        return Launch(p.name, p.gsize, p.lsize, (*p.args[:at], x, w, eps, *p.args[at + 3:]))
+
+
 def fuse(steps: list, result: Any, ls: int, rows: int) -> list:
     """The recorded steps (Launch, or ("c", dst, src, nbytes, offset) device copies) rewritten;
     ls, rows: the gemv kernels' work-group size and matrix rows per work-group."""
@@ -149,4 +192,5 @@ def fuse(steps: list, result: Any, ls: int, rows: int) -> list:
     f.residual_adds()
     f.qkv()
     f.rope_store()
+    f.norms()
     return [s for s in f.steps if s is not None]

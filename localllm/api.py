@@ -56,6 +56,7 @@ class LLM:
         self.draft: LLM | None = None       # speculative decoding: a draft model, or
         self.lookup = False                 # prompt-lookup drafting (n-grams of the context)
         self.draft_k, self.spec_auto = 4, False
+        self.draft_p_min = 0.75             # drafting stops where the draft's top probability is lower
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.kv_type = "f16"
 
@@ -148,7 +149,7 @@ class LLM:
             return generate_ids(seq, ids, sampler, max_tokens, eog, stats)
         if self.draft is not None:
             draft_params = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + 1})
-            drafter = DraftModel(self.draft._sequence(), Sampler(draft_params))
+            drafter = DraftModel(self.draft._sequence(), Sampler(draft_params), self.draft_p_min)
         else:
             drafter = PromptLookup()
         policy = AdaptiveK(self.draft_k, auto=self.spec_auto)
@@ -258,13 +259,14 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
          threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
          kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
          draft_k: int = 4, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
-         kv_type: str = "f16", device: str | int | None = None) -> LLM:
+         kv_type: str = "f16", device: str | int | None = None, draft_p_min: float = 0.75) -> LLM:
     """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
     cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template.
     draft: a smaller model with the same vocabulary for speculative decoding; lookup: draft from
-    n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low.
+    n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low;
+    draft_p_min: the draft stops proposing where its top token's probability is below this.
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
     kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
     device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
@@ -285,7 +287,9 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
         if llm.draft.gguf.metadata.get(key) != llm.gguf.metadata.get(key):
             raise LocalLLMError(f"draft model {Path(str(draft)).name} has a different vocabulary from "
                                 f"{llm.path.name}: speculative decoding needs identical tokens")
-    llm.lookup, llm.draft_k, llm.spec_auto = lookup, draft_k, spec_auto
+    if not 0.0 <= draft_p_min <= 1.0:
+        raise LocalLLMError(f"draft_p_min must be between 0 and 1, not {draft_p_min}")
+    llm.lookup, llm.draft_k, llm.spec_auto, llm.draft_p_min = lookup, draft_k, spec_auto, draft_p_min
     return llm
 
 

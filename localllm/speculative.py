@@ -26,10 +26,14 @@ class Drafter(Protocol):
 
 
 class DraftModel:
-    """A smaller model with the same vocabulary, run through its own KV cache."""
+    """A smaller model with the same vocabulary, run through its own KV cache. Drafting stops
+    where the draft is unsure of its next token (softmax probability of its top token below
+    p_min, as llama.cpp's speculative decoding does): such a token is likely rejected, and
+    drafting it would cost a draft step for nothing. The stop depends on the draft's own logits
+    only, so the acceptance rule stays exact."""
 
-    def __init__(self, seq: Sequence, sampler: Sampler) -> None:
-        self.seq, self.sampler = seq, sampler
+    def __init__(self, seq: Sequence, sampler: Sampler, p_min: float = 0.75) -> None:
+        self.seq, self.sampler, self.p_min = seq, sampler, p_min
 
     def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
         k = min(k, self.seq.n_ctx - len(history))
@@ -39,6 +43,8 @@ class DraftModel:
         tokens: list[int] = []
         dists: list[np.ndarray | None] = []
         for i in range(k):
+            if self.p_min > 0 and 1.0 / np.exp(logits - logits.max(), dtype=np.float64).sum() < self.p_min:
+                break                                      # the top token's probability is below p_min
             q = self.sampler.distribution(logits, history + tokens)
             tokens.append(self.sampler.draw(q))
             dists.append(q)

@@ -27,7 +27,8 @@ PROMPTS = ["the cat sat on the mat", "hello world, hello", "one two three one tw
 def test_greedy_speculation_equals_plain_greedy(tiny_files, mode):
     target, draft = tiny_files
     plain = localllm.load(target)
-    spec = localllm.load(target, draft={"self-draft": target, "other-draft": draft}.get(mode), lookup=mode == "lookup")
+    spec = localllm.load(target, draft={"self-draft": target, "other-draft": draft}.get(mode), lookup=mode == "lookup",
+                         draft_p_min=0.0)     # random weights: the draft is never sure (see the p_min test)
     for prompt in PROMPTS:
         want = "".join(plain.generate(prompt, max_tokens=24, temperature=0, min_p=0))
         got = "".join(spec.generate(prompt, max_tokens=24, temperature=0, min_p=0))
@@ -41,7 +42,7 @@ def test_greedy_speculation_equals_plain_greedy(tiny_files, mode):
 def test_greedy_speculation_on_reference_prompts(smollm2_path):
     cases, _ = load_reference("smollm2-135m-q4_1")
     plain = localllm.load(smollm2_path, n_ctx=1024)
-    spec = localllm.load(smollm2_path, n_ctx=1024, draft=smollm2_path)
+    spec = localllm.load(smollm2_path, n_ctx=1024, draft=smollm2_path, draft_p_min=0.0)
     look = localllm.load(smollm2_path, n_ctx=1024, lookup=True)
     for case in cases["cases"]:
         want = "".join(plain.generate(case["prompt"], max_tokens=24, temperature=0))
@@ -49,6 +50,22 @@ def test_greedy_speculation_on_reference_prompts(smollm2_path):
         assert "".join(spec.generate(case["prompt"], max_tokens=24, temperature=0)) == want, case["prompt"][:40]
         assert spec.last_stats["draft_proposed"] > 0
         assert "".join(look.generate(case["prompt"], max_tokens=24, temperature=0)) == want, case["prompt"][:40]
+
+
+def test_draft_stops_where_it_is_unsure(tiny_files, smollm2_path):
+    """p_min gates drafting on the draft's own confidence: random weights are never sure (no
+    drafts at 0.75), SmolLM2 drafting itself is often sure; the output is plain greedy's either way."""
+    target, draft = tiny_files
+    plain, gated = localllm.load(target), localllm.load(target, draft=draft)
+    want = "".join(plain.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0))
+    assert "".join(gated.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0)) == want
+    assert gated.last_stats.get("draft_proposed", 0) == 0
+    real = localllm.load(smollm2_path, n_ctx=512, draft=smollm2_path, draft_p_min=0.5)
+    plain = localllm.load(smollm2_path, n_ctx=512)
+    prompt = "The capital of France is"
+    want = "".join(plain.generate(prompt, max_tokens=24, temperature=0))
+    assert "".join(real.generate(prompt, max_tokens=24, temperature=0)) == want
+    assert 0 < real.last_stats["draft_proposed"] == real.last_stats["draft_accepted"]
 
 
 def test_acceptance_rule_preserves_target_distribution():
@@ -71,7 +88,7 @@ def test_sampled_speculation_matches_plain_distribution(tiny_files):
     verified) follow the same distribution with a different-model draft as without: total
     variation over 400 seeded runs each, on a support of at most 16 pairs."""
     target, draft = tiny_files
-    plain, spec = localllm.load(target), localllm.load(target, draft=draft)
+    plain, spec = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.0)
     ids = plain.tokenize("the cat", add_bos=False)
     kw = dict(max_tokens=2, temperature=1.0, top_k=4, top_p=1.0, min_p=0.0)
 

@@ -42,20 +42,27 @@ def deinterleave_d8(p: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 @njit(inline="always")
-def _d8_row(w, x, y, g, t, kc, k):
-    """y[t, g*8 .. g*8+8] = x[t] . the group's 8 rows (8 accumulators)."""
+def _d8_pair(w, x, y, g, t0, t1, kc, k):
+    """y[t0 and t1, g*8 .. g*8+8] = x[t0], x[t1] . the group's 8 rows (16 accumulators; each
+    converted weight vector feeds both rows). t1 == t0 is allowed: an odd last row."""
     a0, a1, a2, a3 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     a4, a5, a6, a7 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
-    wo, xo = g * w.shape[1], t * k
+    b0, b1, b2, b3 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
+    b4, b5, b6, b7 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
+    wo = g * w.shape[1]
     for c in range(kc):
-        xv, o = load_f32x16(x, xo + c * DC), wo + c * D8 * DC
-        a0, a1 = fma_f32(load_w16(w, o), xv, a0), fma_f32(load_w16(w, o + 16), xv, a1)
-        a2, a3 = fma_f32(load_w16(w, o + 32), xv, a2), fma_f32(load_w16(w, o + 48), xv, a3)
-        a4, a5 = fma_f32(load_w16(w, o + 64), xv, a4), fma_f32(load_w16(w, o + 80), xv, a5)
-        a6, a7 = fma_f32(load_w16(w, o + 96), xv, a6), fma_f32(load_w16(w, o + 112), xv, a7)
+        xa, xb, o = load_f32x16(x, t0 * k + c * DC), load_f32x16(x, t1 * k + c * DC), wo + c * D8 * DC
+        w0, w1, w2, w3 = load_w16(w, o), load_w16(w, o + 16), load_w16(w, o + 32), load_w16(w, o + 48)
+        a0, a1, a2, a3 = fma_f32(w0, xa, a0), fma_f32(w1, xa, a1), fma_f32(w2, xa, a2), fma_f32(w3, xa, a3)
+        b0, b1, b2, b3 = fma_f32(w0, xb, b0), fma_f32(w1, xb, b1), fma_f32(w2, xb, b2), fma_f32(w3, xb, b3)
+        w4, w5, w6, w7 = load_w16(w, o + 64), load_w16(w, o + 80), load_w16(w, o + 96), load_w16(w, o + 112)
+        a4, a5, a6, a7 = fma_f32(w4, xa, a4), fma_f32(w5, xa, a5), fma_f32(w6, xa, a6), fma_f32(w7, xa, a7)
+        b4, b5, b6, b7 = fma_f32(w4, xb, b4), fma_f32(w5, xb, b5), fma_f32(w6, xb, b6), fma_f32(w7, xb, b7)
     r = g * D8
-    y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = hsum_f32(a0), hsum_f32(a1), hsum_f32(a2), hsum_f32(a3)
-    y[t, r + 4], y[t, r + 5], y[t, r + 6], y[t, r + 7] = hsum_f32(a4), hsum_f32(a5), hsum_f32(a6), hsum_f32(a7)
+    y[t0, r], y[t0, r + 1], y[t0, r + 2], y[t0, r + 3] = hsum_f32(a0), hsum_f32(a1), hsum_f32(a2), hsum_f32(a3)
+    y[t0, r + 4], y[t0, r + 5], y[t0, r + 6], y[t0, r + 7] = hsum_f32(a4), hsum_f32(a5), hsum_f32(a6), hsum_f32(a7)
+    y[t1, r], y[t1, r + 1], y[t1, r + 2], y[t1, r + 3] = hsum_f32(b0), hsum_f32(b1), hsum_f32(b2), hsum_f32(b3)
+    y[t1, r + 4], y[t1, r + 5], y[t1, r + 6], y[t1, r + 7] = hsum_f32(b4), hsum_f32(b5), hsum_f32(b6), hsum_f32(b7)
 
 
 @njit(inline="always")
@@ -88,8 +95,8 @@ def _d8_tile(w, x, y, g, h, t, kc, k):
 def mul_dense(w, x, y):
     """y float32 [T, G*8] = x float32 [T, k] @ W^T, W in the d8 layout (interleave_d8): w [G, C*128]
     float32 or uint16 (float16 bits, converted by vcvtph2ps); x C-contiguous. Tasks of D8_TASK
-    groups; per group, 4 activation rows x 4 weight rows per pass, then the last T % 4 rows with
-    8 row accumulators (the group is in L1/L2 by then). Padding rows come out zero."""
+    groups; per group, 4 activation rows x 4 weight rows per pass, then the last T % 4 rows two at
+    a time against all 8 weight rows (the group is in L1/L2 by then). Padding rows come out zero."""
     G, T, k = w.shape[0], x.shape[0], x.shape[1]
     kc = k // DC
     T4 = T - T % 4
@@ -98,8 +105,8 @@ def mul_dense(w, x, y):
             for t in range(0, T4, 4):
                 _d8_tile(w, x, y, g, 0, t, kc, k)
                 _d8_tile(w, x, y, g, 1, t, kc, k)
-            for t in range(T4, T):
-                _d8_row(w, x, y, g, t, kc, k)
+            for t in range(T4, T, 2):
+                _d8_pair(w, x, y, g, t, min(t + 1, T - 1), kc, k)
             if kc * DC < k:                              # the last, partial chunk (weights zero-padded)
                 o = g * w.shape[1] + kc * D8 * DC
                 for t in range(T):

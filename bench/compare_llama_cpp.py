@@ -19,7 +19,8 @@ from pathlib import Path
 
 HOME = Path.home() / ".cache/localllm"
 DEFAULT_MODELS = [HOME / "synthetic/smollm2-135m-q4_0.gguf", HOME / "synthetic/smollm2-135m-q8_0.gguf",
-                  HOME / "models/smollm2-135m.gguf", HOME / "synthetic/llama-1.17b-q4_0.gguf"]
+                  HOME / "models/smollm2-135m.gguf", HOME / "synthetic/smollm2-135m-f16.gguf",
+                  HOME / "models/gemma3-270m.gguf", HOME / "synthetic/llama-1.17b-q4_0.gguf"]
 LLAMACPP_PYTHON = os.environ.get("LLAMACPP_PYTHON", "/work/llamacpp-venv/bin/python")
 
 # Both runners print one JSON line: {"decode": tok/s, "prefill": tok/s, ...}. Token ids are
@@ -119,10 +120,10 @@ def llamacpp_status() -> str | None:
 
 
 def ensure_models(models: list[Path]) -> list[Path]:
-    """Make the SmolLM2 Q4_0 / Q8_0 files from the Q4_1 original when they are missing."""
+    """Make the SmolLM2 Q4_0 / Q8_0 / F16 files from the Q4_1 original when they are missing."""
     have = []
     for m in models:
-        if not m.exists() and m.name.startswith("smollm2-135m-q"):
+        if not m.exists() and m.name.startswith("smollm2-135m-"):
             src = HOME / "models/smollm2-135m.gguf"
             qtype = m.stem.rsplit("-", 1)[-1].upper()
             try:

@@ -85,7 +85,15 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
         if (s < s_end) {
             __global const half *kr = kc + ((size_t)s * KV + g) * dk;
             float dotp = 0.0f;
-            for (int i = 0; i < dk; i++) dotp = fma(qs[i], vload_half(i, kr), dotp);
+            int i = 0;
+            for (; i + 4 <= dk; i += 4) {          // 4-wide loads, the same sequence of fmas
+                float4 kv = vload_half4(0, kr + i), qv = vload4(0, qs + i);
+                dotp = fma(qv.x, kv.x, dotp);
+                dotp = fma(qv.y, kv.y, dotp);
+                dotp = fma(qv.z, kv.z, dotp);
+                dotp = fma(qv.w, kv.w, dotp);
+            }
+            for (; i < dk; i++) dotp = fma(qs[i], vload_half(i, kr), dotp);
             sc = dotp * scale;
         }
         float cm = fmax(m, group_max(p, sc));

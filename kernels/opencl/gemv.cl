@@ -84,12 +84,13 @@ inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global co
             xa = xa * inv * vload8(0, nw + o);
             xb = xb * inv * vload8(0, nw + o2);
         }
+        // branch-free over the rows (past the end: the last row again, its sums unused), so the
+        // compiler can issue all RPW weight loads before the first one is needed
         for (int r = 0; r < RPW; r++) {
-            int row = row0 + r;
-            if (row < na) unit_w(wt, WPASS, row, u, k, &wa, &wb);
-            else if (row < na + nb) unit_w(wt, bq, bd, bm, row - na, u, k, &wa, &wb);
-            else if (row < n) unit_w(wt, cq, cd, cm, row - na - nb, u, k, &wa, &wb);
-            else break;
+            int row = min(row0 + r, n - 1), in_b = row >= na, in_c = row >= na + nb;
+            __global const uchar *q = in_c ? cq : in_b ? bq : wq;
+            __global const half *d = in_c ? cd : in_b ? bd : wd, *m = in_c ? cm : in_b ? bm : wm;
+            unit_w(wt, q, d, m, row - (in_c ? na + nb : in_b ? na : 0), u, k, &wa, &wb);
             acc[r] += dot16(wa, xa, wb, xb);
         }
     }

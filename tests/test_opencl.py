@@ -255,8 +255,8 @@ def test_replayed_decode_equals_op_by_op(tiny_llama):
         cache = be.new_kv_cache(2, 64, model.cfg.n_kv_heads, model.cfg.head_dim_k, model.cfg.head_dim_v)
         model.forward(np.array([1]), cache)
         names = {s[1].function_name for p in be._plans[cache].values() for s in p.steps}
-        assert {"gemv3_q4_0_f32", "gemv_swiglu_q4_0_f32", "gemv_add_q4_0_f32", "rope_qk_kv_store_f32"} <= names
-        assert "rms_norm_f32" not in names and "add_f32" not in names and "swiglu_f32" not in names
+        assert {"gemv3_rope_kv_q4_0_f32", "gemv_swiglu_q4_0_f32", "gemv_add_q4_0_f32"} <= names
+        assert not names & {"rms_norm_f32", "add_f32", "swiglu_f32", "rope_f32", "kv_store_f16"}
 
 
 def test_replay_survives_rollback(tiny_llama):

@@ -41,6 +41,49 @@ __kernel void rope_qk_kv_store_f32(__global const float *q, __global const float
         vstore_half_rte(v[(size_t)kr * dv + e], (cache_row + head) * dv + e, vc);
 }
 
+// Q, K, V products (gemv3, with its optional fused RMSNorm) whose epilogue does RoPE in NORM
+// mode and the KV store: rows (2i, 2i+1) of a head are a rotated pair and RPW is even, so a
+// team's first lane holds both rows of every pair. q [T, na] roped -> yq; k roped, and v, go to
+// the caches at positions pos[0].. (rows of nb = hkv*d halfs in kc, nc = hkv*dv in vc). The same
+// float32 operations as gemv3, then rope_f32 and kv_store_f16. Launch as gemv3.
+#define GEMV3_ROPE_KV(NAME, WT) \
+__kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
+                   __global const uchar *cq, __global const half *cd, __global const half *cm, \
+                   __global const float *x, __global const float *nw, float eps, __global float *yq, \
+                   __global const int *pos, __global const float *freq, __global half *kc, __global half *vc, \
+                   int na, int nb, int nc, int k, int d, int n_rot, float freq_scale) \
+{ \
+    __local float part[RPW * LS]; \
+    GEMV_ROWS; \
+    float acc[RPW]; \
+    GEMV_X(nw, eps); \
+    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, inv, row0, k, lane, acc); \
+    rows_total(part, acc, RPW); \
+    if (lane != 0) return; \
+    float p = (float)pos[t] * freq_scale; \
+    size_t at = (size_t)(pos[0] + t); \
+    for (int r = 0; r < RPW; r += 2) { \
+        int row = row0 + r; \
+        if (row >= na + nb + nc) break; \
+        if (row < na + nb) { \
+            int kr = row < na ? row : row - na; \
+            float2 y = rope_rot(acc[r], acc[r + 1], (kr % d) / 2, n_rot, p, freq); \
+            if (row < na) { yq[(size_t)t * na + kr] = y.x; yq[(size_t)t * na + kr + 1] = y.y; } \
+            else { vstore_half_rte(y.x, at * nb + kr, kc); vstore_half_rte(y.y, at * nb + kr + 1, kc); } \
+        } else { \
+            int vr = row - na - nb; \
+            vstore_half_rte(acc[r], at * nc + vr, vc); \
+            if (vr + 1 < nc) vstore_half_rte(acc[r + 1], at * nc + vr + 1, vc); \
+        } \
+    } \
+}
+
+GEMV3_ROPE_KV(gemv3_rope_kv_q4_0_f32, W_Q4_0)
+GEMV3_ROPE_KV(gemv3_rope_kv_q4_1_f32, W_Q4_1)
+GEMV3_ROPE_KV(gemv3_rope_kv_q8_0_f32, W_Q8_0)
+GEMV3_ROPE_KV(gemv3_rope_kv_f16_f32, W_F16)
+GEMV3_ROPE_KV(gemv3_rope_kv_f32_f32, W_F32)
+
 // Max over the ATT_LS lanes (tree in local memory); every lane gets it. `p` is left as scratch.
 inline float group_max(__local float *p, float v)
 {

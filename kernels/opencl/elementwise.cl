@@ -20,21 +20,30 @@ __kernel void rms_norm_f32(__global const float *x, __global const float *w, __g
 // host as the reference computes it: the same float32 products, then cos/sin to a few ulp.
 // NORM mode rotates pairs (2i, 2i+1), NEOX (i, i + n_rot/2); dims past n_rot are copied.
 // Launch: global (d/2, T*heads).
-// Lane i's pair of a head row xr [d] rotated by angles (p * inv[i]), p = pos * freq_scale; sets
-// *a, *b to the pair's indices. Past n_rot the pair is returned as is.
+// The pair (xa, xb) = elements (a, b) of a head row rotated by angle p * inv[i], p = pos *
+// freq_scale (pair i of n_rot/2; pairs past n_rot are returned as they are).
+inline float2 rope_rot(float xa, float xb, int i, int n_rot, float p, __global const float *inv)
+{
+    if (i >= n_rot / 2)
+        return (float2)(xa, xb);
+    float theta = p * inv[i];
+    float c = cos(theta), s = sin(theta);
+    return (float2)(xa * c - xb * s, xa * s + xb * c);
+}
+
+// Lane i's pair of a head row xr [d] rotated; sets *a, *b to the pair's indices: NORM mode
+// (2i, 2i+1), NEOX (i, i + n_rot/2), past n_rot (n_rot + 2j, n_rot + 2j + 1).
 inline float2 rope_at(__global const float *xr, int i, int n_rot, int neox, float p,
                       __global const float *inv, int *a, int *b)
 {
     if (i >= n_rot / 2) {
         *a = n_rot + 2 * (i - n_rot / 2);
         *b = *a + 1;
-        return (float2)(xr[*a], xr[*b]);
+    } else {
+        *a = neox ? i : 2 * i;
+        *b = neox ? i + n_rot / 2 : 2 * i + 1;
     }
-    *a = neox ? i : 2 * i;
-    *b = neox ? i + n_rot / 2 : 2 * i + 1;
-    float theta = p * inv[i];
-    float c = cos(theta), s = sin(theta), xa = xr[*a], xb = xr[*b];
-    return (float2)(xa * c - xb * s, xa * s + xb * c);
+    return rope_rot(xr[*a], xr[*b], i, n_rot, p, inv);
 }
 
 __kernel void rope_f32(__global const float *x, __global const int *pos, __global const float *inv,

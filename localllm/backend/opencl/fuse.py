@@ -10,6 +10,7 @@ removes are read by nothing else:
   gemv(Wa, h), gemv(Wb, h), gemv(Wc, h)  =>  gemv3(Wa, Wb, Wc, h)            (Q, K, V)
   rope(q), rope(k); kv_store(k', v)      =>  rope_qk_kv_store(q, k, v)
   rms_norm(x) -> h; products of h         =>  the products read x and norm it themselves
+  gemv3 -> q, k, v; rope_qk_kv_store      =>  gemv3_rope_kv (NORM-mode RoPE in the epilogue)
 
 A fused launch takes the place of the last launch it replaces (its inputs all exist by then:
 recorded buffers are written once, except KV caches, which no product reads), or of the first
@@ -52,8 +53,8 @@ def _gemv_kind(name: str) -> str | None:
 
 
 class _Fuser:
-    def __init__(self, steps: list, result: Any, ls: int, rows: int) -> None:
-        self.steps, self.ls, self.rows = list(steps), ls, rows
+    def __init__(self, steps: list, result: Any, ls: int, rows: int, rpw: int) -> None:
+        self.steps, self.ls, self.rows, self.rpw, self.result = list(steps), ls, rows, rpw, result
         self.uses = Counter(id(b) for s in self.steps for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
         self.uses[id(result)] += 1
         self.producer = {}                     # id(buffer) -> index of the gemv that writes it
@@ -149,10 +150,15 @@ class _Fuser:
     # where each product kernel takes its input x: (x, nw, eps) follow one another from there
     X_ARG = {"gemv3": 9, "gemv_swiglu": 6, "gemv": 3}
 
-    def norms(self) -> None:
-        """An RMSNorm of one row whose output only products read is computed inside each of them."""
+    def _uses(self) -> Counter:
         uses = Counter(id(b) for s in self.steps if s is not None
                        for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
+        uses[id(self.result)] += 1
+        return uses
+
+    def norms(self) -> None:
+        """An RMSNorm of one row whose output only products read is computed inside each of them."""
+        uses = self._uses()
         for i, s in enumerate(self.steps):
             if not (isinstance(s, Launch) and s.name == "rms_norm_f32" and s.gsize[0] == self.ls):
                 continue
@@ -184,13 +190,38 @@ class _Fuser:
         return Launch(p.name, p.gsize, p.lsize, (*p.args[:at], x, w, eps, *p.args[at + 3:]))
 
 
-def fuse(steps: list, result: Any, ls: int, rows: int) -> list:
+    def qkv_rope(self) -> None:
+        """gemv3 (Q, K, V) followed by rope_qk_kv_store in NORM mode: one gemv3_rope_kv (the rotated
+        pairs are adjacent rows, both in one team when RPW is even)."""
+        if self.rpw % 2:
+            return
+        uses = self._uses()
+        gemv3 = {id(s.args[12]): i for i, s in enumerate(self.steps)
+                 if isinstance(s, Launch) and s.name.startswith("gemv3_") and "rope" not in s.name}
+        for i, s in enumerate(self.steps):
+            if not (isinstance(s, Launch) and s.name == "rope_qk_kv_store_f32"):
+                continue
+            q, k, v, pos, inv, qo, kc, vc, hq, hkv, d, n_rot, neox, fs, dv = s.args
+            g = gemv3.get(id(q))
+            if g is None or self.steps[g] is None or int(neox) or int(d) % 2:
+                continue
+            G = self.steps[g]
+            if G.args[13] is not k or G.args[14] is not v or any(uses[id(b)] != 2 for b in (q, k, v)) \
+                    or G.gsize[1] != 1 or int(G.args[15]) != int(hq) * int(d) or int(G.args[16]) != int(hkv) * int(d):
+                continue
+            self.steps[i] = Launch(G.name.replace("gemv3_", "gemv3_rope_kv_"), G.gsize, G.lsize,
+                                   (*G.args[:12], qo, pos, inv, kc, vc, *G.args[15:19], d, n_rot, fs))
+            self.steps[g] = None
+
+
+def fuse(steps: list, result: Any, ls: int, rows: int, rpw: int) -> list:
     """The recorded steps (Launch, or ("c", dst, src, nbytes, offset) device copies) rewritten;
-    ls, rows: the gemv kernels' work-group size and matrix rows per work-group."""
-    f = _Fuser(steps, result, ls, rows)
+    ls, rows, rpw: the gemv kernels' work-group size, matrix rows per group and per lane team."""
+    f = _Fuser(steps, result, ls, rows, rpw)
     f.swiglu()
     f.residual_adds()
     f.qkv()
     f.rope_store()
     f.norms()
+    f.qkv_rope()
     return [s for s in f.steps if s is not None]

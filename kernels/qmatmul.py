@@ -142,19 +142,27 @@ def _q6_step(xq, xd, t, k, b, c0, c1, c2, c3, d0, d1, a):
     return fma_f32(to_f32(e1), mul_f32(d1, dx), a)
 
 
+@njit(inline="always")
+def _q6_scales(sub, sup, gd, gm, b):
+    """The two halves' d*sc of block b, per lane: int8 sub-scale times the super-block's d."""
+    ds = load_pairs_f32x16(sup, gm + (b >> 3) * 8)
+    return mul_f32(load_pairs_f32x16(sub, gd + b * 16), ds), mul_f32(load_pairs_f32x16(sub, gd + b * 16 + 8), ds)
+
+
 def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y):
     """y[t, g*8 + r] for q6 groups g0 <= g < g1 and all rows t (serial; the fused step's MM slot
-    contract, m/xs unused). Four activation rows share each unpacked block. Global: q6_step."""
+    contract: d the int8 sub-scales, m the super-block scales, xs unused). Four activation rows
+    share each unpacked block. Global: q6_step."""
     T, k = xq.shape[0], xq.shape[1]
     nb, ny = k // QK, y.shape[1]
     T4 = T - T % 4
     for g in range(g0, g1):
-        go, gd = g * qs.shape[1], g * d.shape[1]
+        go, gd, gm = g * qs.shape[1], g * d.shape[1], g * m.shape[1]
         for t0 in range(0, T4, 4):
             a0, a1, a2, a3 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
             for b in range(nb):
                 c0, c1, c2, c3 = unpack_q6(qs, go + b * Q6_BYTES)
-                d0, d1 = load_pairs_f32x16(d, gd + b * 16), load_pairs_f32x16(d, gd + b * 16 + 8)
+                d0, d1 = _q6_scales(d, m, gd, gm, b)
                 a0 = q6_step(xq, xd, t0, k, b, c0, c1, c2, c3, d0, d1, a0)
                 a1 = q6_step(xq, xd, t0 + 1, k, b, c0, c1, c2, c3, d0, d1, a1)
                 a2 = q6_step(xq, xd, t0 + 2, k, b, c0, c1, c2, c3, d0, d1, a2)
@@ -167,7 +175,7 @@ def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y):
             a = zero_f32()
             for b in range(nb):
                 c0, c1, c2, c3 = unpack_q6(qs, go + b * Q6_BYTES)
-                d0, d1 = load_pairs_f32x16(d, gd + b * 16), load_pairs_f32x16(d, gd + b * 16 + 8)
+                d0, d1 = _q6_scales(d, m, gd, gm, b)
                 a = q6_step(xq, xd, t, k, b, c0, c1, c2, c3, d0, d1, a)
             store_pair_sums(y, t * ny + g * R, a)
 
@@ -192,7 +200,8 @@ def _mul_q6_plain(qs, d, m, xq, xd, xs, y):
                         dot = 0
                         for j in range(h * 16, h * 16 + 16):
                             dot += (np.int32(q6_at(qs, g, b, r, j)) - 32) * np.int32(xq[t, b * QK + j])
-                        acc += d[g, b * 16 + h * 8 + r] * xd[t, b] * np.float32(dot)
+                        ds = np.float32(d[g, b * 16 + h * 8 + r]) * m[g, (b >> 3) * 8 + r]
+                        acc += ds * xd[t, b] * np.float32(dot)
                 y[t, g * R + r] = acc
 
 

@@ -16,11 +16,13 @@ products need more than 11 bits). Where m is d times a fixed zero point (Q4_0: 8
 and decoding reads 10% fewer bytes (Q4_0: 18 of every 20).
 
 Q6_K is the one type whose value is not d*u + m per 32 columns: value = d*sc_j*(u - 32) with a
-6-bit u and an int8 sub-scale sc_j per 16 columns. It packs as kind Q6: per group-block the four
-8x8 chunks' low nibbles exactly as U4 (128 bytes) followed by 64 bytes whose bits 2c..2c+1 are
-chunk c's high two bits (192 bytes, u in 0..63); d is float32 [groups, blocks * 16] holding the
-exact products d*sc_j (index b*16 + h*8 + r: half h of block b, row r) and m is empty. The
-kernels take dot(u, x) - 32*sum(x) per 16-column half and scale each half by its own d*sc_j.
+6-bit u, an int8 sub-scale sc_j per 16 columns and a float16 d per 256. It packs as kind Q6: per
+group-block the four 8x8 chunks' low nibbles exactly as U4 (128 bytes) followed by 64 bytes whose
+bits 2c..2c+1 are chunk c's high two bits (192 bytes, u in 0..63); d holds the int8 sub-scales
+[groups, blocks * 16] (index b*16 + h*8 + r: half h of block b, row r) and m the float32 super-block
+scales [groups, blocks / 8 * 8] (index (b / 8)*8 + r). Kernels form d*sc_j in float32, which is
+exact (11 x 8 significant bits), take dot(u, x) - 32*sum(x) per 16-column half and scale each half
+by its own product: 6.6 bits per weight, as in the file.
 """
 from __future__ import annotations
 
@@ -120,43 +122,46 @@ def interleave(u: np.ndarray, d: np.ndarray, m: np.ndarray, kind: str, scale_dty
     return qs, scales(d), scales(m)
 
 
-def decode_q6_k(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Raw Q6_K rows (uint8 [n, row_bytes]) -> u uint8 [n, k] in 0..63, d*sc float32 [n, k/16]."""
+def decode_q6_k(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw Q6_K rows (uint8 [n, row_bytes]) -> u uint8 [n, k] in 0..63, sc int8 [n, k/16],
+    d float32 [n, k/256]."""
     n = data.shape[0]
     b = data.reshape(n, -1, 210)
     ql, qh, sc = b[..., 0:128], b[..., 128:192], b[..., 192:208].view(np.int8)
-    d = _f16(b[..., 208:210])[..., None]                                       # [n, nsb, 1]
+    d = _f16(b[..., 208:210])                                                  # [n, nsb]
     lo = (ql.reshape(n, -1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)) & 0x0F
     lo = lo.reshape(n, -1, 2, 2, 2, 32)                                        # [n, nsb, half, shift, l/32, 32]
     lo = lo.reshape(n, -1, 2, 4, 32)                                           # [n, nsb, half, quarter, 32]
     hi = (qh.reshape(n, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & 3
     u = (lo | (hi << 4)).astype(np.uint8)                                      # [n, nsb, half, quarter, 32]
-    return u.reshape(n, -1), (d * sc.astype(np.float32)).reshape(n, -1)
+    return u.reshape(n, -1), sc.reshape(n, -1), d
 
 
-def interleave_q6(u: np.ndarray, ds: np.ndarray) -> tuple:
-    """u [n, k] in 0..63, ds [n, k/16] -> q6 r8 arrays (qs, d, m); see the module docstring."""
+def interleave_q6(u: np.ndarray, sc: np.ndarray, d: np.ndarray) -> tuple:
+    """u [n, k] in 0..63, sc [n, k/16], d [n, k/256] -> q6 r8 arrays (qs, sub-scales, super-block
+    scales); see the module docstring."""
     n, k = u.shape
     groups, nb = -(-n // R), k // QK
-    pad = groups * R - n
-    u, ds = np.pad(u, ((0, pad), (0, 0))), np.pad(ds, ((0, pad), (0, 0)))
+    pad = ((0, groups * R - n), (0, 0))
+    u, sc, d = np.pad(u, pad), np.pad(sc, pad), np.pad(d, pad)
     q = u.reshape(groups, R, nb, 4, 8).transpose(0, 2, 3, 1, 4)                # [G, nb, chunk, row, 8]
     lo = q & 0x0F
     lo = lo[:, :, 0::2] | (lo[:, :, 1::2] << 4)                                # [G, nb, 2, row, 8]
     hi = q >> 4
     hi = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)   # [G, nb, row, 8]
     qs = np.concatenate([lo.reshape(groups, nb, 128), hi.reshape(groups, nb, 64)], axis=2)
-    d = ds.reshape(groups, R, nb, 2).transpose(0, 2, 3, 1).reshape(groups, -1)  # [G, nb*16]
-    return (np.ascontiguousarray(qs.reshape(groups, -1)).astype(np.uint8), np.ascontiguousarray(d, np.float32),
-            np.zeros((groups, 0), np.float32))
+    sub = sc.reshape(groups, R, nb, 2).transpose(0, 2, 3, 1).reshape(groups, -1)     # [G, nb*16]
+    sup = d.reshape(groups, R, -1).transpose(0, 2, 1).reshape(groups, -1)            # [G, nsb*8]
+    return (np.ascontiguousarray(qs.reshape(groups, -1)).astype(np.uint8), np.ascontiguousarray(sub, np.int8),
+            np.ascontiguousarray(sup, np.float32))
 
 
 def repack_r8(data: np.ndarray, qtype: QT) -> R8Weight:
     """Raw GGUF rows (uint8 [rows, row_bytes]) of a R8_TYPES type -> R8Weight."""
     if qtype == QT.Q6_K:
-        u, ds = decode_q6_k(data)
-        qs, dd, mm = interleave_q6(u, ds)
-        return R8Weight(Q6, qs, dd, mm, data.shape[0], u.shape[1], wide=False)
+        u, sc, d = decode_q6_k(data)
+        qs, sub, sup = interleave_q6(u, sc, d)
+        return R8Weight(Q6, qs, sub, sup, data.shape[0], u.shape[1], wide=False)
     u, d, m = decode_blocks(data, qtype)
     kind = U4 if qtype in (QT.Q4_0, QT.Q4_1, QT.Q4_K) else U8
     scale_dtype = np.float32 if qtype == QT.Q4_K else np.float16
@@ -178,7 +183,7 @@ def repack_q8_0_r8(data: np.ndarray) -> R8Weight:
 def dequantize_r8(w: R8Weight, rows: np.ndarray) -> np.ndarray:
     """float32 [len(rows), cols] of the given rows, read back from the r8 arrays (embedding lookup)."""
     if w.kind == Q6:
-        return _dequantize_rows_q6(w.qs, w.d, np.asarray(rows, dtype=np.int64), w.cols)
+        return _dequantize_rows_q6(w.qs, w.d, w.m, np.asarray(rows, dtype=np.int64), w.cols)
     return _dequantize_rows(w.qs, w.d, w.m, np.asarray(rows, dtype=np.int64), w.cols, w.kind == U4, w.zero)
 
 
@@ -203,13 +208,13 @@ def q6_at(qs, g, b, r, j):
 
 
 @njit(cache=True, nogil=True)
-def _dequantize_rows_q6(qs, d, rows, cols):
+def _dequantize_rows_q6(qs, sub, sup, rows, cols):
     out = np.empty((rows.size, cols), dtype=np.float32)                       # [T, k]
     for i in range(rows.size):
         g, r = rows[i] >> 3, rows[i] & 7
         for b in range(cols // QK):
             for j in range(QK):
-                ds = d[g, b * 16 + (j >> 4) * 8 + r]
+                ds = np.float32(sub[g, b * 16 + (j >> 4) * 8 + r]) * sup[g, (b >> 3) * 8 + r]
                 out[i, b * QK + j] = ds * np.float32(np.int32(q6_at(qs, g, b, r, j)) - 32)
     return out
 

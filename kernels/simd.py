@@ -122,13 +122,14 @@ def store_f32x16(typingctx, arr, offset, v):
 @intrinsic
 def load_pairs_f32x16(typingctx, arr, offset):
     """8 scales from `offset`, each repeated twice: lanes 2r and 2r+1 both belong to row r in the
-    r8 layout. `arr` is float32, or uint16 holding float16 bits (Numba has no CPU float16)."""
-    half = arr.dtype == types.uint16
+    r8 layout. `arr` is float32, uint16 holding float16 bits (Numba has no CPU float16), or int8."""
+    src_ty = {types.uint16: ir.HalfType(), types.int8: _I8}.get(arr.dtype, _F32)
 
     def codegen(ctx, b, sig, args):
-        src = ir.VectorType(ir.HalfType() if half else _F32, 8)
-        v = b.load(_ptr(ctx, b, sig.args[0], args[0], args[1], src), align=2 if half else 4)
-        if half:
+        v = b.load(_ptr(ctx, b, sig.args[0], args[0], args[1], ir.VectorType(src_ty, 8)), align=1)
+        if src_ty == _I8:
+            v = b.sitofp(v, ir.VectorType(_F32, 8))
+        elif src_ty != _F32:
             v = b.fpext(v, ir.VectorType(_F32, 8))
         return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 16), [i // 2 for i in range(16)]))
     return F32x16(arr, offset), codegen

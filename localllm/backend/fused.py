@@ -50,22 +50,24 @@ def _stack(parts_per_layer: list[list]) -> Slot | str:
         return "a matrix row count that is not a multiple of 8"
     if len({w.cols for w in flat}) != 1:
         return "mismatched widths"
-    dtype = flat[0].d.dtype if len({w.d.dtype for w in flat}) == 1 else np.float32
 
-    def scales(w, a):
+    def common(arrays):   # float16 scales mixed with float32 ones (Q4_K) go float32
+        return arrays[0].dtype if len({a.dtype for a in arrays}) == 1 else np.float32
+    d_dtype, m_dtype = common([w.d for w in flat]), common([w.m for w in flat])
+
+    def scales(a, dtype):
         return a if a.dtype == dtype else a.view(np.float16).astype(np.float32)  # only f16 -> f32 happens
 
     qs = np.stack([np.concatenate([w.qs for w in parts]) for parts in parts_per_layer])
-    d = np.stack([np.concatenate([scales(w, w.d) for w in parts]) for parts in parts_per_layer])
-    m = np.stack([np.concatenate([scales(w, w.m) for w in parts]) for parts in parts_per_layer])
+    d = np.stack([np.concatenate([scales(w.d, d_dtype) for w in parts]) for parts in parts_per_layer])
+    m = np.stack([np.concatenate([scales(w.m, m_dtype) for w in parts]) for parts in parts_per_layer])
     for l, parts in enumerate(parts_per_layer):                  # the readable path now reads the stack
         g = 0
         for w in parts:
             n = w.qs.shape[0]
-            if w.d.dtype == dtype:
-                w.qs, w.d, w.m = qs[l, g:g + n], d[l, g:g + n], m[l, g:g + n]
-            else:
-                w.qs = qs[l, g:g + n]
+            w.qs = qs[l, g:g + n]
+            if w.d.dtype == d_dtype and w.m.dtype == m_dtype:
+                w.d, w.m = d[l, g:g + n], m[l, g:g + n]
             g += n
     return Slot(*kinds.pop(), qs, d, m)
 

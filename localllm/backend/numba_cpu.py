@@ -78,7 +78,7 @@ class NumbaBackend(NumpyBackend):
         if tensor.data.ndim == 1:
             return f"{t.name}: float32 vector"
         if t == QT.Q6_K:
-            return f"{t.name}: r8 6-bit bytes + float32 d*sc per 16 columns, int8 dot with Q8_0 activations ({self.isa})"
+            return f"{t.name}: r8 6-bit quants + int8 sub-scales + float32 d, int8 dot with Q8_0 activations ({self.isa})"
         if t in R8_TYPES:
             kind = "u4 nibbles" if t in (QT.Q4_0, QT.Q4_1, QT.Q4_K) else "u8 bytes"
             scales = "float32" if t == QT.Q4_K else "float16"

@@ -183,12 +183,25 @@ def test_elementwise(be, ref, op):
     _close(be.to_numpy(getattr(be, op)(*dev_args)), want, scale, 1e-5)
 
 
+@pytest.fixture(scope="module", params=["device-choice", "split-k"])
+def att_be(request, be) -> OpenCLBackend:
+    """Attention as the device runs it, and with 4 teams per head (the GPUs' split-K) whatever
+    the device."""
+    if request.param == "device-choice":
+        return be
+    split = OpenCLBackend()
+    split.dev.att_ns = 4
+    split.kernels = split.dev.kernels = split.dev._build()
+    return split
+
+
 @pytest.mark.parametrize("H,KV,dk,window", [(9, 3, 64, 0), (4, 1, 256, 5), (2, 2, 40, 0), (8, 8, 128, 3)])
-def test_attention_over_device_cache(be, ref, H, KV, dk, window):
-    """Two calls (a prefill of 7 rows, then 3 more at pos0=7) against the reference's cache."""
-    rng = np.random.default_rng(H * dk)
-    dev_cache, host_cache = be.new_kv_cache(1, 16, KV, dk, dk), KVCache(1, 16, KV, dk, dk)
-    for pos0, T in ((0, 7), (7, 3)):
+def test_attention_over_device_cache(att_be, ref, H, KV, dk, window):
+    """Calls of 7, 3, 250 and 1 rows (long enough for every split-K team to see keys) against
+    the reference's cache."""
+    be, rng = att_be, np.random.default_rng(H * dk)
+    dev_cache, host_cache = be.new_kv_cache(1, 272, KV, dk, dk), KVCache(1, 272, KV, dk, dk)
+    for pos0, T in ((0, 7), (7, 3), (10, 250), (260, 1)):
         q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, dk), (T, KV, dk), (T, KV, dk)))
         got = be.to_numpy(be.attention(be.from_numpy(q), be.from_numpy(k), be.from_numpy(v), dev_cache, 0,
                                        pos0, 0.125, window))
@@ -196,8 +209,8 @@ def test_attention_over_device_cache(be, ref, H, KV, dk, window):
         _close(got, want, 1.0, 1e-4)
         dev_cache.tokens.extend(range(T))
     k_dev, v_dev = dev_cache.layer_numpy(0)
-    np.testing.assert_array_equal(k_dev, host_cache.k[0, :10])
-    np.testing.assert_array_equal(v_dev, host_cache.v[0, :10])
+    np.testing.assert_array_equal(k_dev, host_cache.k[0, :261])
+    np.testing.assert_array_equal(v_dev, host_cache.v[0, :261])
 
 
 def test_device_array_views(be):

@@ -84,14 +84,14 @@ GEMV3_ROPE_KV(gemv3_rope_kv_q8_0_f32, W_Q8_0)
 GEMV3_ROPE_KV(gemv3_rope_kv_f16_f32, W_F16)
 GEMV3_ROPE_KV(gemv3_rope_kv_f32_f32, W_F32)
 
-// Max over the ATT_LS lanes (tree in local memory); every lane gets it. `p` is left as scratch.
-inline float group_max(__local float *p, float v)
+// Max over a team's ATT_LS lanes (tree in the team's part `p` of local memory, tl the lane in
+// the team); every lane of the team gets it. Every lane of the group must call it (barriers).
+inline float team_max(__local float *p, float v, int tl)
 {
-    int lid = get_local_id(0);
-    p[lid] = v;
+    p[tl] = v;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int s = ATT_LS / 2; s > 0; s >>= 1) {
-        if (lid < s) p[lid] = fmax(p[lid], p[lid + s]);
+        if (tl < s) p[tl] = fmax(p[tl], p[tl + s]);
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     float mx = p[0];
@@ -99,31 +99,36 @@ inline float group_max(__local float *p, float v)
     return mx;
 }
 
-// Causal GQA attention with an online softmax: one work-group of ATT_LS lanes per (head, token).
-// Each chunk of ATT_LS keys: lane j scores key j, all lanes take the chunk's max and rescale
-// their running sums, then each lane accumulates its own output dims over the chunk's values.
-// window > 0 keeps only keys with qpos - kpos < window (sliding-window layers).
-// pos [T]: the tokens' positions (consecutive). q [T, H, dk] (already scaled or not: `scale`
-// multiplies the scores), out [T, H, dv].
-// Launch: global (H * ATT_LS, T), local (ATT_LS, 1).
+// Causal GQA attention with an online softmax: one work-group per (head, token), ATT_NS teams of
+// ATT_LS lanes (split-K inside the group: GPUs give a head several teams, so one token's
+// attention still fills the device). Team j takes the chunks j, j + ATT_NS, ... of ATT_LS keys:
+// lane i scores key i, the team takes the chunk's max and rescales its running sums, then each
+// lane accumulates its own output dims over the chunk's values. At the end the teams' (max,
+// sum, V sums) are merged. window > 0 keeps only keys with qpos - kpos < window (sliding-window
+// layers). pos [T]: the tokens' positions (consecutive). q [T, H, dk] (`scale` multiplies the
+// scores), out [T, H, dv].
+// Launch: global (H * ATT_NS * ATT_LS, T), local (ATT_NS * ATT_LS, 1).
 __kernel void attention_f32_f16kv(__global const float *q, __global const half *kc,
                                   __global const half *vc, __global float *out, int H, int KV,
                                   int dk, int dv, __global const int *pos, float scale, int window)
 {
-    int pos0 = pos[0];
     __local float qs[MAX_DK];
-    __local float p[ATT_LS];
-    int lid = get_local_id(0), h = get_group_id(0), t = get_group_id(1);
+    __local float p[ATT_NS * ATT_LS];                  // each team's chunk weights
+    __local float ml[2 * ATT_NS];                      // each team's running max, then sum
+    __local float vs[ATT_NS * MAX_DV_PER * ATT_LS];    // each team's V sums
+    int lid = get_local_id(0), team = lid / ATT_LS, tl = lid % ATT_LS;
+    int h = get_group_id(0), t = get_group_id(1), pos0 = pos[0];
     int g = h / (H / KV), qpos = pos0 + t, nr = (dv + ATT_LS - 1) / ATT_LS;   // V dims per lane
     int s_end = qpos + 1, s0 = window > 0 ? max(0, qpos - window + 1) : 0;
-    for (int i = lid; i < dk; i += ATT_LS)
+    __local float *pt = p + team * ATT_LS;
+    for (int i = lid; i < dk; i += ATT_NS * ATT_LS)
         qs[i] = q[((size_t)t * H + h) * dk + i];
     barrier(CLK_LOCAL_MEM_FENCE);
 
     float m = -INFINITY, l = 0.0f, acc[MAX_DV_PER];
     for (int j = 0; j < MAX_DV_PER; j++) acc[j] = 0.0f;
-    for (int c0 = s0; c0 < s_end; c0 += ATT_LS) {
-        int s = c0 + lid, n_in = min(ATT_LS, s_end - c0);
+    for (int c = s0; c < s_end; c += ATT_NS * ATT_LS) {   // rounds: the same count for every team
+        int c0 = c + team * ATT_LS, s = c0 + tl, n_in = clamp(s_end - c0, 0, ATT_LS);
         float sc = -INFINITY;
         if (s < s_end) {
             __global const half *kr = kc + ((size_t)s * KV + g) * dk;
@@ -139,24 +144,43 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
             for (; i < dk; i++) dotp = fma(qs[i], vload_half(i, kr), dotp);
             sc = dotp * scale;
         }
-        float cm = fmax(m, group_max(p, sc));
-        p[lid] = exp(sc - cm);                     // 0 for lanes past the end
+        float cm = fmax(m, team_max(pt, sc, tl));
+        // a team that has seen no key yet (cm = -inf) adds nothing (exp(-inf - -inf) is NaN)
+        pt[tl] = cm == -INFINITY ? 0.0f : exp(sc - cm);   // 0 for lanes past the end
         barrier(CLK_LOCAL_MEM_FENCE);
-        float alpha = exp(m - cm);                 // exp(-inf) = 0 on the first chunk
+        float alpha = cm == -INFINITY ? 1.0f : exp(m - cm);   // exp(-inf) = 0 on a first chunk
         l *= alpha;
         for (int r = 0; r < nr; r++) acc[r] *= alpha;
         for (int j = 0; j < n_in; j++) {
-            float pj = p[j];
-            __global const half *vr = vc + ((size_t)(c0 + j) * KV + g) * dv + lid;
+            float pj = pt[j];
+            __global const half *vr = vc + ((size_t)(c0 + j) * KV + g) * dv + tl;
             l += pj;
             for (int r = 0; r < nr; r++)
-                if (lid + r * ATT_LS < dv) acc[r] = fma(pj, vload_half(r * ATT_LS, vr), acc[r]);
+                if (tl + r * ATT_LS < dv) acc[r] = fma(pj, vload_half(r * ATT_LS, vr), acc[r]);
         }
         m = cm;
         barrier(CLK_LOCAL_MEM_FENCE);              // p is rewritten by the next chunk
     }
+    // merge the teams: weights exp(m_j - M) (team 0 always saw the first key, so M is finite)
+    if (tl == 0) {
+        ml[team] = m;
+        ml[ATT_NS + team] = l;
+    }
+    for (int r = 0; r < nr; r++)
+        if (tl + r * ATT_LS < dv) vs[(team * MAX_DV_PER + r) * ATT_LS + tl] = acc[r];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (team != 0) return;
+    float M = ml[0], L = 0.0f, w[ATT_NS];
+    for (int j = 1; j < ATT_NS; j++) M = fmax(M, ml[j]);
+    for (int j = 0; j < ATT_NS; j++) {
+        w[j] = ml[j] == -INFINITY ? 0.0f : exp(ml[j] - M);
+        L += ml[ATT_NS + j] * w[j];
+    }
     for (int r = 0; r < nr; r++) {
-        int e = lid + r * ATT_LS;
-        if (e < dv) out[((size_t)t * H + h) * dv + e] = acc[r] / l;
+        int e = tl + r * ATT_LS;
+        if (e >= dv) continue;
+        float o = 0.0f;
+        for (int j = 0; j < ATT_NS; j++) o += vs[(j * MAX_DV_PER + r) * ATT_LS + tl] * w[j];
+        out[((size_t)t * H + h) * dv + e] = o / L;
     }
 }

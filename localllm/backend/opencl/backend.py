@@ -231,7 +231,7 @@ class OpenCLBackend:
         self._run("kv_store_f16", (-(-max(nk, nv) // EW_LS) * EW_LS,), (EW_LS,), k.buf, v.buf, cache.k[layer],
                   cache.v[layer], pos, np.int32(cache.row_k), np.int32(cache.row_v), np.int32(nk), np.int32(nv))
         out = self._empty((T, H * dv))                                       # [T, H*dv]
-        ls = self.dev.att_ls
+        ls = self.dev.att_ls * self.dev.att_ns
         self._run("attention_f32_f16kv", (H * ls, T), (ls, 1), q.buf, cache.k[layer], cache.v[layer], out.buf,
                   np.int32(H), np.int32(kv_heads), np.int32(dk), np.int32(dv), pos, np.float32(scale),
                   np.int32(window))

@@ -118,7 +118,8 @@ class Device:
     ls: int = field(init=False)        # row-reduction work-group size (power of two, >= TPR)
     tpr: int = field(init=False)       # gemv lanes per row (power of two, divides ls)
     rpw: int = field(init=False)       # gemv rows per team of tpr lanes
-    att_ls: int = field(init=False)    # attention work-group size
+    att_ls: int = field(init=False)    # attention team size
+    att_ns: int = field(init=False)    # attention teams per work-group
     tiled: bool = field(init=False)    # the 16x16 prefill matmul fits the device's work-groups
     reserved: int = 0                  # bytes of weights and KV caches allocated so far
 
@@ -131,6 +132,9 @@ class Device:
         # matrices; CPUs (PoCL) run a group per core, so wider groups only add loop overhead.
         self.ls = min(_pow2_at_most(max_wg), 128 if _is_gpu(self.dev) else 64)
         self.att_ls = min(_pow2_at_most(max_wg), 64)
+        # attention teams per head: GPUs split a head's keys over 4 teams (one token's 32 heads
+        # would otherwise occupy 32 compute units); CPUs keep one (barriers are serialized there)
+        self.att_ns = max(1, min(4, max_wg // self.att_ls)) if _is_gpu(self.dev) else 1
         # GPUs: the whole group shares RPW rows, so a 2048-row matrix still has 512 groups to
         # spread over the compute units (measured on an H100: 32 lanes per row left them idle)
         self.tpr = self.ls if _is_gpu(self.dev) else TPR
@@ -164,7 +168,8 @@ class Device:
         c_version = self.dev.opencl_c_version.split()[2] if self.dev.opencl_c_version else "1.0"
         if tuple(int(x) for x in c_version.split(".")[:2]) < (1, 2):
             raise OpenCLError(f"{self.name}: OpenCL C {c_version} is below the 1.2 the kernels need")
-        options = ["-cl-std=CL1.2", "-cl-kernel-arg-info", f"-DLS={self.ls}", f"-DTPR={self.tpr}", f"-DRPW={self.rpw}", f"-DATT_LS={self.att_ls}",
+        options = ["-cl-std=CL1.2", "-cl-kernel-arg-info", f"-DLS={self.ls}", f"-DTPR={self.tpr}", f"-DRPW={self.rpw}",
+                   f"-DATT_LS={self.att_ls}", f"-DATT_NS={self.att_ns}",
                    f"-DMAX_DK={MAX_DK}", f"-DMAX_DV_PER={MAX_DV_PER}"]
         try:
             prg = ocl.Program(self.ctx, kernel_source()).build(options=options)

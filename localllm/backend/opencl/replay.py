@@ -13,12 +13,34 @@ the host and read back exactly one result; a recording that breaks either rule i
 """
 from __future__ import annotations
 
+import ctypes
+import logging
 from typing import Any
 
 import numpy as np
 
 from .device import cl
 from .fuse import Launch, fuse
+
+log = logging.getLogger(__name__)
+
+
+def _loaded_libopencl() -> Any:
+    """clEnqueueNDRangeKernel of the OpenCL library pyopencl loaded (found in /proc/self/maps),
+    or None. pyopencl asks every enqueue for an event object; a replay needs none."""
+    try:
+        with open("/proc/self/maps") as f:
+            path = next(ln.split()[-1] for ln in f if "libOpenCL" in ln)
+        fn = ctypes.CDLL(path).clEnqueueNDRangeKernel
+    except (OSError, StopIteration, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_ENQUEUE: list = []   # [clEnqueueNDRangeKernel or None], looked up once
 
 
 class Recorder:
@@ -76,10 +98,27 @@ class DecodePlan:
             else:
                 self.steps.append(s)
         self._pending: list[Any] = []         # the last replay's host-to-device writes (NannyEvents)
+        self.raw = True                       # enqueue through the C entry point, without events
+        self._raw: list[tuple] | None = None  # per step: clEnqueueNDRangeKernel's arguments
 
     @property
     def launches(self) -> int:
         return len(self.steps)
+
+    def _raw_steps(self, queue: Any) -> list[tuple] | None:
+        """The C-level argument tuples of every step (None: a device copy among them, or no
+        library entry point found)."""
+        if not _ENQUEUE:
+            _ENQUEUE.append(_loaded_libopencl())
+        if _ENQUEUE[0] is None or any(s[0] != "k" for s in self.steps):
+            return None
+        size_t = ctypes.c_size_t
+        raw = []
+        for _, k, g, l in self.steps:
+            gs = (size_t * len(g))(*g)
+            ls = (size_t * len(l))(*l) if l is not None else None
+            raw.append((queue.int_ptr, k.int_ptr, len(g), None, gs, ls, 0, None, None))
+        return raw
 
     def replay(self, queue: Any, tokens: np.ndarray, pos0: int) -> np.ndarray:
         ocl = cl()
@@ -89,12 +128,20 @@ class DecodePlan:
         self._pending = [ocl.enqueue_copy(queue, self.pos, pos, is_blocking=False)]
         if self.ids is not None:
             self._pending.append(ocl.enqueue_copy(queue, self.ids, ids, is_blocking=False))
-        enqueue = ocl.enqueue_nd_range_kernel
-        for s in self.steps:
-            if s[0] == "k":
-                enqueue(queue, s[1], s[2], s[3])
-            else:
-                ocl.enqueue_copy(queue, s[1], s[2], byte_count=s[3], src_offset=s[4])
+        if self.raw and self._raw is None:
+            self._raw = self._raw_steps(queue) or []
+        if self.raw and self._raw:
+            enqueue = _ENQUEUE[0]
+            for args in self._raw:
+                if enqueue(*args):
+                    raise ocl.RuntimeError("clEnqueueNDRangeKernel failed in a decode replay")
+        else:
+            enqueue = ocl.enqueue_nd_range_kernel
+            for s in self.steps:
+                if s[0] == "k":
+                    enqueue(queue, s[1], s[2], s[3])
+                else:
+                    ocl.enqueue_copy(queue, s[1], s[2], byte_count=s[3], src_offset=s[4])
         out = np.empty(self.result.shape, dtype=np.float32)
         ocl.enqueue_copy(queue, out, self.result.buf, src_offset=self.result.offset * 4, is_blocking=True)
         self._pending = []

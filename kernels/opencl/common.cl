@@ -79,3 +79,19 @@ inline float group_sum(__local float *part, float v)
     barrier(CLK_LOCAL_MEM_FENCE);  // part is reused by the caller's next sum
     return total;
 }
+
+// Sum of squares of x [d] over the LS lanes of a work-group, four elements per load (rms_norm_f32
+// and the products with a fused norm share it, so both see the same float32 sum); every lane gets
+// the total.
+inline float sum_squares(__global const float *x, int d, __local float *part)
+{
+    float ss = 0.0f;
+    int d4 = d / 4 * 4;
+    for (int i = get_local_id(0) * 4; i < d4; i += LS * 4) {
+        float4 v = vload4(0, x + i);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    for (int i = d4 + get_local_id(0); i < d; i += LS)
+        ss += x[i] * x[i];
+    return group_sum(part, ss);
+}

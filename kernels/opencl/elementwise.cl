@@ -7,10 +7,7 @@ __kernel void rms_norm_f32(__global const float *x, __global const float *w, __g
 {
     __local float part[LS];
     size_t base = (size_t)get_group_id(0) * d;
-    float ss = 0.0f;
-    for (int i = get_local_id(0); i < d; i += LS)
-        ss += x[base + i] * x[base + i];
-    float inv = 1.0f / sqrt(group_sum(part, ss) / d + eps);
+    float inv = 1.0f / sqrt(sum_squares(x + base, d, part) / d + eps);
     for (int i = get_local_id(0); i < d; i += LS)
         y[base + i] = x[base + i] * inv * w[i];
 }

@@ -55,14 +55,11 @@ inline int unit_x(const int wt, int u)
     return wt == W_Q4_0 || wt == W_Q4_1 ? (u >> 1) * 32 + (u & 1) * 8 : u * 16;
 }
 
-// rms_norm_f32's scale 1 / sqrt(mean(x^2) + eps) of x [d], by the same lanes in the same order,
+// rms_norm_f32's scale 1 / sqrt(mean(x^2) + eps) of x [d], by the same lanes in the same order
 // so a product with a fused RMSNorm sees exactly the normalized values rms_norm_f32 would write.
 inline float rms_inv(__global const float *x, int d, float eps, __local float *part)
 {
-    float ss = 0.0f;
-    for (int i = get_local_id(0); i < d; i += LS)
-        ss += x[i] * x[i];
-    return 1.0f / sqrt(group_sum(part, ss) / d + eps);
+    return 1.0f / sqrt(sum_squares(x, d, part) / d + eps);
 }
 
 // This lane's shares of the dot products of rows row0..row0+RPW-1 with x, into acc. The rows

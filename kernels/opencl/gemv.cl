@@ -102,6 +102,38 @@ inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global co
     }
 }
 
+// rows_part for the same RPW rows of two matrices G and U of one kind (gate and up): x is loaded
+// (and normed) once for both; into g and u.
+inline void rows_part2(const int wt, WARGS, __global const uchar *uq, __global const half *ud,
+                       __global const half *um, int n, __global const float *x, __global const float *nw,
+                       float inv, int row0, int k, int lane, float *g, float *u)
+{
+    for (int r = 0; r < RPW; r++) g[r] = u[r] = 0.0f;
+    if (row0 >= n) return;
+    for (int c = lane; c < k / 16; c += TPR) {
+        int o = unit_x(wt, c), o2 = o + second_half(wt);
+        float8 xa = vload8(0, x + o), xb = vload8(0, x + o2), wa, wb, va, vb;
+        if (nw) {
+            xa = xa * inv * vload8(0, nw + o);
+            xb = xb * inv * vload8(0, nw + o2);
+        }
+        for (int r = 0; r < RPW; r++) {      // past the end: the last row again, sums unused
+            int row = min(row0 + r, n - 1);
+            unit_w(wt, WPASS, row, c, k, &wa, &wb);
+            unit_w(wt, uq, ud, um, row, c, k, &va, &vb);
+            g[r] += dot16(wa, xa, wb, xb);
+            u[r] += dot16(va, xa, vb, xb);
+        }
+    }
+    for (int e = (k / 16) * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
+        float xe = nw ? x[e] * inv * nw[e] : x[e];
+        for (int r = 0; r < RPW && row0 + r < n; r++) {
+            g[r] += load1(wt, WPASS, row0 + r, e, k) * xe;
+            u[r] += load1(wt, uq, ud, um, row0 + r, e, k) * xe;
+        }
+    }
+}
+
 // Sums each of acc[0..nr) over the TPR lanes of the team, one tree for all of them (part:
 // [nr * LS] local floats); the team's first lane gets the totals in acc. Every lane must call it.
 inline void rows_total(__local float *part, float *acc, int nr)
@@ -187,8 +219,7 @@ __kernel void NAME(WARGS, __global const uchar *uq, __global const half *ud, __g
     GEMV_ROWS; \
     float gu[2 * RPW]; \
     GEMV_X(nw, eps); \
-    rows_part(WT, ONE(n), x, nw, inv, row0, k, lane, gu); \
-    rows_part(WT, uq, ud, um, uq, ud, um, uq, ud, um, n, 0, 0, x, nw, inv, row0, k, lane, gu + RPW); \
+    rows_part2(WT, WPASS, uq, ud, um, n, x, nw, inv, row0, k, lane, gu, gu + RPW); \
     rows_total(part, gu, 2 * RPW); \
     for (int r = 0; r < RPW; r++) { \
         float g = gu[r]; \

@@ -1,8 +1,8 @@
 // Matrix-vector products for decode (few activation rows): y[t, row] = sum_e w[row, e] * x[t, e].
-// TPR lanes share a row and walk its 16-element units (half a 32-block) in turn, so consecutive
-// lanes read consecutive weight bytes; partial sums meet in local memory. The weights are read
-// in their quantized form: this kernel is bound by the bytes it reads.
-// Launch: see GEMV below.
+// A team of TPR lanes (on GPUs the whole work-group) shares RPW rows and walks their 16-element
+// units (half a 32-block) in turn, so consecutive lanes read consecutive weight bytes; partial
+// sums meet in local memory. The weights are read in their quantized form: this kernel is bound
+// by the bytes it reads. Launch: see GEMV below.
 
 inline float dot16(float8 a, float8 b, float8 c, float8 e)
 {

@@ -84,6 +84,14 @@ GEMV3_ROPE_KV(gemv3_rope_kv_q8_0_f32, W_Q8_0)
 GEMV3_ROPE_KV(gemv3_rope_kv_f16_f32, W_F16)
 GEMV3_ROPE_KV(gemv3_rope_kv_f32_f32, W_F32)
 
+#define VB 8   // keys per batch of V loads in attention
+
+// acc + q . k as four fmas in element order (the order every score of attention uses)
+inline float dot4_fma(float4 q, float4 k, float acc)
+{
+    return fma(q.w, k.w, fma(q.z, k.z, fma(q.y, k.y, fma(q.x, k.x, acc))));
+}
+
 // Max over a team's ATT_LS lanes (tree in the team's part `p` of local memory, tl the lane in
 // the team); every lane of the team gets it. Every lane of the group must call it (barriers).
 inline float team_max(__local float *p, float v, int tl)
@@ -134,13 +142,12 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
             __global const half *kr = kc + ((size_t)s * KV + g) * dk;
             float dotp = 0.0f;
             int i = 0;
-            for (; i + 4 <= dk; i += 4) {          // 4-wide loads, the same sequence of fmas
-                float4 kv = vload_half4(0, kr + i), qv = vload4(0, qs + i);
-                dotp = fma(qv.x, kv.x, dotp);
-                dotp = fma(qv.y, kv.y, dotp);
-                dotp = fma(qv.z, kv.z, dotp);
-                dotp = fma(qv.w, kv.w, dotp);
+            for (; i + 16 <= dk; i += 16) {        // 16 halfs loaded before the first fma
+                float4 kv[4];
+                for (int u = 0; u < 4; u++) kv[u] = vload_half4(u, kr + i);
+                for (int u = 0; u < 4; u++) dotp = dot4_fma(vload4(u, qs + i), kv[u], dotp);
             }
+            for (; i + 4 <= dk; i += 4) dotp = dot4_fma(vload4(0, qs + i), vload_half4(0, kr + i), dotp);
             for (; i < dk; i++) dotp = fma(qs[i], vload_half(i, kr), dotp);
             sc = dotp * scale;
         }
@@ -151,7 +158,20 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
         float alpha = cm == -INFINITY ? 1.0f : exp(m - cm);   // exp(-inf) = 0 on a first chunk
         l *= alpha;
         for (int r = 0; r < nr; r++) acc[r] *= alpha;
-        for (int j = 0; j < n_in; j++) {
+        // VB keys' values are loaded before the first of their fmas (a chunk's keys one at a
+        // time paid a load latency each); the fmas keep the key order
+        int j = 0;
+        for (; j + VB <= n_in; j += VB) {
+            __global const half *vr = vc + ((size_t)(c0 + j) * KV + g) * dv + tl;
+            for (int u = 0; u < VB; u++) l += pt[j + u];
+            for (int r = 0; r < nr; r++) {
+                if (tl + r * ATT_LS >= dv) continue;
+                float vv[VB];
+                for (int u = 0; u < VB; u++) vv[u] = vload_half(r * ATT_LS + u * KV * dv, vr);
+                for (int u = 0; u < VB; u++) acc[r] = fma(pt[j + u], vv[u], acc[r]);
+            }
+        }
+        for (; j < n_in; j++) {
             float pj = pt[j];
             __global const half *vr = vc + ((size_t)(c0 + j) * KV + g) * dv + tl;
             l += pj;

@@ -65,17 +65,23 @@ inline float4 load4(const int wt, WARGS, size_t row, int e, int k)
     return wt == W_Q4_0 ? d * (q - 8.0f) : d * q + vload_half(blk, wm);
 }
 
-// Tree sum over the LS lanes of a work-group; every lane gets the total.
+// Sum over the LS lanes of a work-group; every lane gets the total. Two folds with three barriers
+// (a tree takes log2(LS)): LS/8 lanes each sum 8 values at a stride of LS/8, then every lane
+// sums those LS/8 sums itself, in the same order, so all lanes hold the same float.
 inline float group_sum(__local float *part, float v)
 {
+    const int S = LS / 8;
     int lid = get_local_id(0);
     part[lid] = v;
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = LS / 2; s > 0; s >>= 1) {
-        if (lid < s) part[lid] += part[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
+    if (lid < S) {
+        float s = part[lid];
+        for (int j = 1; j < 8; j++) s += part[lid + j * S];
+        part[lid] = s;
     }
+    barrier(CLK_LOCAL_MEM_FENCE);
     float total = part[0];
+    for (int j = 1; j < S; j++) total += part[j];
     barrier(CLK_LOCAL_MEM_FENCE);  // part is reused by the caller's next sum
     return total;
 }

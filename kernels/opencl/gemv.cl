@@ -134,19 +134,34 @@ inline void rows_part2(const int wt, WARGS, __global const uchar *uq, __global c
     }
 }
 
-// Sums each of acc[0..nr) over the TPR lanes of the team, one tree for all of them (part:
-// [nr * LS] local floats); the team's first lane gets the totals in acc. Every lane must call it.
+// Sums each of acc[0..nr) over the TPR lanes of the team (part: [nr * LS] local floats); every
+// lane of the team gets the totals in acc. Two folds with three barriers instead of a tree's
+// log2(TPR): first FOLD partials at a stride of TPR/FOLD (consecutive lanes, consecutive words),
+// then the TPR/FOLD sums of a row by one lane. Each fold writes only the first word it reads,
+// which no other lane reads, so it can sum in place. Every lane must call it.
+#define FOLD 8
 inline void rows_total(__local float *part, float *acc, int nr)
 {
+    const int S = TPR / FOLD;                       // sums per row after the first fold
     int lid = get_local_id(0), lane = lid % TPR;
-    for (int r = 0; r < nr; r++) part[r * LS + lid] = acc[r];
+    __local float *team = part + (lid - lane);
+    for (int r = 0; r < nr; r++) team[r * LS + lane] = acc[r];
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = TPR / 2; s > 0; s >>= 1) {
-        if (lane < s)
-            for (int r = 0; r < nr; r++) part[r * LS + lid] += part[r * LS + lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
+    for (int i = lane; i < nr * S; i += TPR) {
+        __local float *p = team + (i / S) * LS + i % S;
+        float s = p[0];
+        for (int j = 1; j < FOLD; j++) s += p[j * S];
+        p[0] = s;
     }
-    for (int r = 0; r < nr; r++) acc[r] = part[r * LS + lid];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int r = lane; r < nr; r += TPR) {
+        __local float *p = team + r * LS;
+        float s = p[0];
+        for (int j = 1; j < S; j++) s += p[j];
+        p[0] = s;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int r = 0; r < nr; r++) acc[r] = team[r * LS];
 }
 
 // The team's first row (LS/TPR teams of RPW rows per group), this lane's place, the token.

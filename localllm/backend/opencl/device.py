@@ -15,7 +15,7 @@ from ...errors import LocalLLMError
 log = logging.getLogger(__name__)
 
 ENV_DEVICE = "LOCALLLM_OPENCL_DEVICE"   # a device index (as in list_devices) or a name substring
-ENV_GEMV = "LOCALLLM_OPENCL_GEMV"       # "TPR,RPW": gemv lanes per row and rows per team (tuning)
+ENV_GEMV = "LOCALLLM_OPENCL_GEMV"       # "TPR,RPW[,LS]": gemv lanes per row, rows per team, group size (tuning)
 KERNEL_FILES = ("common.cl", "gemv.cl", "matmul.cl", "elementwise.cl", "attention.cl")  # build order
 TPR = 32            # lanes per weight row in the matvec kernels (at least; GPUs use a whole group)
 RPW = 8             # rows per TPR-lane team in the matvec kernels (each lane's activations reused;
@@ -139,12 +139,13 @@ class Device:
         # spread over the compute units (measured on an H100: 32 lanes per row left them idle)
         self.tpr = self.ls if _is_gpu(self.dev) else TPR
         self.rpw = RPW
-        tune = os.environ.get(ENV_GEMV, "")          # "TPR,RPW": a tuning override for benches
+        tune = os.environ.get(ENV_GEMV, "")          # "TPR,RPW[,LS]": a tuning override for benches
         if tune:
-            tpr, rpw = (int(v) for v in tune.split(","))
-            if tpr & (tpr - 1) or not TPR <= tpr <= self.ls or rpw < 1:
-                raise OpenCLError(f"{ENV_GEMV}={tune}: TPR must be a power of two in {TPR}..{self.ls}, RPW >= 1")
-            self.tpr, self.rpw = tpr, rpw
+            tpr, rpw, ls = ([int(v) for v in tune.split(",")] + [self.ls])[:3]
+            if ls & (ls - 1) or not TPR <= ls <= max_wg or tpr & (tpr - 1) or not TPR <= tpr <= ls or rpw < 1:
+                raise OpenCLError(f"{ENV_GEMV}={tune}: LS must be a power of two in {TPR}..{max_wg}, "
+                                  f"TPR one in {TPR}..LS, RPW >= 1")
+            self.tpr, self.rpw, self.ls = tpr, rpw, ls
         # local-memory tiles and lane-shared rows suit GPUs; CPU runtimes serialize barriers, so
         # CPUs get the barrier-free matmul_rows kernel for every product
         self.tiled = _is_gpu(self.dev) and max_wg >= 256 and self.dev.local_mem_size >= 2 * 32 * 33 * 4

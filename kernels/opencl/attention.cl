@@ -92,17 +92,22 @@ inline float dot4_fma(float4 q, float4 k, float acc)
     return fma(q.w, k.w, fma(q.z, k.z, fma(q.y, k.y, fma(q.x, k.x, acc))));
 }
 
-// Max over a team's ATT_LS lanes (tree in the team's part `p` of local memory, tl the lane in
-// the team); every lane of the team gets it. Every lane of the group must call it (barriers).
+// Max over a team's ATT_LS lanes (in the team's part `p` of local memory, tl the lane in the
+// team); every lane of the team gets it. Two folds, three barriers (max is exact in any order).
+// Every lane of the group must call it (barriers).
 inline float team_max(__local float *p, float v, int tl)
 {
+    const int S = ATT_LS >= 8 ? ATT_LS / 8 : 1;       // maxima after the first fold
     p[tl] = v;
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = ATT_LS / 2; s > 0; s >>= 1) {
-        if (tl < s) p[tl] = fmax(p[tl], p[tl + s]);
-        barrier(CLK_LOCAL_MEM_FENCE);
+    if (tl < S) {
+        float m = p[tl];
+        for (int j = 1; j < ATT_LS / S; j++) m = fmax(m, p[tl + j * S]);
+        p[tl] = m;
     }
+    barrier(CLK_LOCAL_MEM_FENCE);
     float mx = p[0];
+    for (int j = 1; j < S; j++) mx = fmax(mx, p[j]);
     barrier(CLK_LOCAL_MEM_FENCE);
     return mx;
 }

@@ -158,7 +158,7 @@ def _int_list(text: str) -> list[int]:
 @click.option("--plot", "plot_path", default=None, help="Draw decode tok/s against context depth to FILE.png.")
 @_guard
 def bench(model, n_prompt, n_gen, threads, repetitions, backend, as_json, plot_path):
-    """Measure prompt (pp) and generation (tg) tok/s, against the machine's DRAM roofline."""
+    """Measure prompt (pp) and generation (tg) tok/s, against the memory roofline (DRAM; a GPU: its own)."""
     from . import load
     from .bench import depth_sweep, dram_read_gbps, markdown, plot, run_bench
     prompts, gens, thread_list = _int_list(n_prompt), _int_list(n_gen), _int_list(threads)

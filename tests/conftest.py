@@ -39,6 +39,15 @@ def gemma3_path() -> Path:
     return _model("gemma3-270m")
 
 
+@pytest.fixture(scope="session")
+def smollm2_requantized(smollm2_path, tmp_path_factory) -> dict[str, Path]:
+    """SmolLM2 Q8_0 / Q4_0 made as the references were: F32 dequantization, then quantize."""
+    from localllm.quantize import quantize_file
+    out = tmp_path_factory.mktemp("requant")
+    f32 = quantize_file(smollm2_path, out / "f32.gguf", "F32", progress=False)["dst"]
+    return {t: quantize_file(f32, out / f"{t}.gguf", t.upper(), progress=False)["dst"] for t in ("q8_0", "q4_0")}
+
+
 def load_reference(key: str) -> tuple[dict, dict[str, np.ndarray]]:
     """`<key>.json` (cases) and `<key>.npz` (top-10 logits per position) from shared/reference."""
     with open(REFERENCE / f"{key}.json") as f:

@@ -330,15 +330,6 @@ def test_greedy_matches_cpu_backend(smollm2, smollm2_path):
 
 
 # --- models against llama.cpp ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def quantized_smollm2(smollm2_path, tmp_path_factory) -> dict[str, Path]:
-    """SmolLM2 Q8_0 / Q4_0 made as the reference's were (F32 dequantization, then quantize)."""
-    from localllm import quantize
-    out = tmp_path_factory.mktemp("opencl-quant")
-    f32 = quantize.quantize_file(smollm2_path, out / "f32.gguf", "F32", progress=False)["dst"]
-    return {t: quantize.quantize_file(f32, out / f"{t}.gguf", t.upper(), progress=False)["dst"] for t in ("q8_0", "q4_0")}
-
-
 def _figures(path, key: str) -> dict:
     llm = localllm.load(path, backend="opencl", n_ctx=1024)
     try:
@@ -357,5 +348,5 @@ def test_model_close_to_llama_cpp(request, key, fixture):
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
-def test_quantized_smollm2_close_to_llama_cpp(quantized_smollm2, qtype):
-    assert_close_to_llama_cpp(_figures(quantized_smollm2[qtype], f"smollm2-135m-{qtype}"))
+def test_quantized_smollm2_close_to_llama_cpp(smollm2_requantized, qtype):
+    assert_close_to_llama_cpp(_figures(smollm2_requantized[qtype], f"smollm2-135m-{qtype}"))

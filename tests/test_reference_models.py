@@ -56,15 +56,6 @@ def test_greedy_generation_starts_like_llama_cpp(ref_model):
     assert text == llm.detokenize(case["greedy_tokens"][:4], special=False)
 
 
-@pytest.fixture(scope="module")
-def smollm2_requantized(smollm2_path, tmp_path_factory):
-    """SmolLM2 Q8_0 / Q4_0 made as the references were: F32 dequantization, then quantize."""
-    from localllm.quantize import quantize_file
-    out = tmp_path_factory.mktemp("requant")
-    f32 = quantize_file(smollm2_path, out / "f32.gguf", "F32", progress=False)["dst"]
-    return {t: quantize_file(f32, out / f"{t}.gguf", t.upper(), progress=False)["dst"] for t in ("q8_0", "q4_0")}
-
-
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
 def test_int8_kernels_on_q8_0_and_q4_0_references(smollm2_requantized, qtype):
     llm = localllm.load(smollm2_requantized[qtype], n_ctx=1024, backend="cpu", prefix_cache_bytes=0)

@@ -53,12 +53,7 @@ __kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __g
                    __global const int *pos, __global const float *freq, __global half *kc, __global half *vc, \
                    int na, int nb, int nc, int k, int d, int n_rot, float freq_scale) \
 { \
-    __local float part[RPW * LS]; \
-    GEMV_ROWS; \
-    float acc[RPW]; \
-    GEMV_X(nw, eps); \
-    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, inv, row0, k, lane, acc); \
-    rows_total(part, acc, RPW); \
+    GEMV3_ACC(WT); \
     if (lane != 0) return; \
     float p = (float)pos[t] * freq_scale; \
     size_t at = (size_t)(pos[0] + t); \

@@ -255,18 +255,23 @@ GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
 // Three products of one input h = x or rms_norm(x, nw) (Q, K, V): rows [0, na) of the launch
 // are A's, then B's, then C's, each written to its own output. A, B, C [n_i, k] of one kind;
 // rows = na + nb + nc.
+// acc[r]: row row0 + r of A|B|C times h, summed over the team (whole in lane 0); shared with
+// gemv3_rope_kv (attention.cl).
+#define GEMV3_ACC(WT) \
+    __local float part[RPW * LS]; \
+    GEMV_ROWS; \
+    float acc[RPW]; \
+    GEMV_X(nw, eps); \
+    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, inv, row0, k, lane, acc); \
+    rows_total(part, acc, RPW)
+
 #define GEMV3(NAME, WT) \
 __kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
                    __global const uchar *cq, __global const half *cd, __global const half *cm, \
                    __global const float *x, __global const float *nw, float eps, \
                    __global float *ya, __global float *yb, __global float *yc, int na, int nb, int nc, int k) \
 { \
-    __local float part[RPW * LS]; \
-    GEMV_ROWS; \
-    float acc[RPW]; \
-    GEMV_X(nw, eps); \
-    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, inv, row0, k, lane, acc); \
-    rows_total(part, acc, RPW); \
+    GEMV3_ACC(WT); \
     for (int r = 0; r < RPW; r++) { \
         int row = row0 + r; \
         if (lane != 0) continue; \

@@ -25,8 +25,6 @@ from typing import Any
 
 import numpy as np
 
-
-
 NO_EPS = np.float32(0)   # the eps argument of a product with no fused norm (nw is null)
 
 
@@ -55,8 +53,7 @@ def _gemv_kind(name: str) -> str | None:
 class _Fuser:
     def __init__(self, steps: list, result: Any, ls: int, rows: int, rpw: int) -> None:
         self.steps, self.ls, self.rows, self.rpw, self.result = list(steps), ls, rows, rpw, result
-        self.uses = Counter(id(b) for s in self.steps for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
-        self.uses[id(result)] += 1
+        self.uses = self._uses()               # readers per buffer in the recorded list
         self.producer = {}                     # id(buffer) -> index of the gemv that writes it
         for i, s in enumerate(self.steps):
             if isinstance(s, Launch) and _gemv_kind(s.name):
@@ -146,11 +143,11 @@ class _Fuser:
                                     np.int32(int(row_v) // int(hkv))))
             self.steps[j] = self.steps[j - 1] = None
 
-
     # where each product kernel takes its input x: (x, nw, eps) follow one another from there
     X_ARG = {"gemv3": 9, "gemv_swiglu": 6, "gemv": 3}
 
     def _uses(self) -> Counter:
+        """How many launches (and the read-back) use each buffer, in the current list."""
         uses = Counter(id(b) for s in self.steps if s is not None
                        for b in (_bufs(s.args) if isinstance(s, Launch) else s[1:3]))
         uses[id(self.result)] += 1
@@ -188,7 +185,6 @@ class _Fuser:
         if int(p.args[-1]) != d:        # gemv3 / gemv_swiglu end with k and carry (x, None, eps) at `at`
             return None
         return Launch(p.name, p.gsize, p.lsize, (*p.args[:at], x, w, eps, *p.args[at + 3:]))
-
 
     def qkv_rope(self) -> None:
         """gemv3 (Q, K, V) followed by rope_qk_kv_store in NORM mode: one gemv3_rope_kv (the rotated

@@ -72,6 +72,13 @@ def _stack(parts_per_layer: list[list]) -> Slot | str:
     return Slot(*kinds.pop(), qs, d, m)
 
 
+def _line_aligned(n: int) -> np.ndarray:
+    """n zeroed int64 starting on a 64-byte cache line (each thread's counters own their lines)."""
+    raw = np.zeros(n + 8, dtype=np.int64)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip:skip + n]
+
+
 class FusedLlama:
     """A llama model's fused step; build() returns it, or the reason (str) it does not apply."""
 
@@ -115,7 +122,7 @@ class FusedLlama:
         self.out_weight = out
         self.step = kf.llama_step(backend.isa, slots["qkv"].encoding, slots["o"].encoding, slots["gate"].encoding,
                                   slots["down"].encoding, self.out[0])
-        self.sync = np.zeros(kf.sync_slots(c.n_layers), dtype=np.int64)
+        self.sync = np.zeros(0, dtype=np.int64)   # sized for the thread count at the first call
         self._bufs: dict[tuple[int, int], tuple] = {}
         self.epoch = 0
         self.stats = np.zeros((8, 4), np.int64)   # per thread: chunks claimed, rescued, wait cycles, region cycles
@@ -169,6 +176,9 @@ class FusedLlama:
         cos, sin = ops._cos_sin(pos, c.n_rot, c.rope_base, c.rope_freq_scale)                           # [T, n_rot/2]
         self.epoch += 1
         _, oqs, od, om = self.out
+        nthreads = kf.n_threads()
+        if len(self.sync) != kf.sync_slots(c.n_layers, nthreads):
+            self.sync = _line_aligned(kf.sync_slots(c.n_layers, nthreads))
         self.step(x, r0, pos0, np.ascontiguousarray(cos), np.ascontiguousarray(sin), self.model.rope_neox,
                   c.norm_eps, np.float32(1.0 / math.sqrt(c.head_dim_k)), 0, self.stats,
                   self.attn_norm, self.ffn_norm, self.out_norm,
@@ -176,7 +186,7 @@ class FusedLlama:
                   s["gate"].m, s["up"].qs, s["up"].d, s["up"].m, s["down"].qs, s["down"].d, s["down"].m,
                   oqs, od, om, cache.k.view(np.uint16), cache.v.view(np.uint16),
                   c.n_heads, c.n_kv_heads, c.head_dim_k, c.head_dim_v, *bufs[1:], self.sync, flags, self.epoch,
-                  rescue, kf.n_threads())
+                  rescue, nthreads)
         if self.out_r8 is not None:
             return bufs[-1][:, :self.out_r8.rows].copy()
         hb = bufs[1][(2 * c.n_layers) % bufs[1].shape[0]]

@@ -4,9 +4,19 @@
 // Build-time constants (set by localllm/backend/opencl/device.py from the device's properties):
 //   LS      work-group size of the row-reduction kernels (a power of two, a multiple of TPR)
 //   TPR     lanes that share one weight row in a matvec (a power of two)
+//   RPW     rows per team of TPR lanes in a matvec; RPW_ADD, RPW_NORM the same for the gemv_add
+//           and gemv_norm kernels (default RPW: the rows a team takes do not change any sum)
 //   ATT_LS  work-group size of the attention kernel (a power of two)
 //   MAX_DK  largest head dimension attention keeps in local memory
 //   MAX_DV_PER  output dims of V each attention lane accumulates (dv <= MAX_DV_PER * ATT_LS)
+
+#ifndef RPW_ADD
+#define RPW_ADD RPW
+#endif
+#ifndef RPW_NORM
+#define RPW_NORM RPW
+#endif
+#define RPW_MAX (RPW > RPW_ADD ? (RPW > RPW_NORM ? RPW : RPW_NORM) : (RPW_ADD > RPW_NORM ? RPW_ADD : RPW_NORM))
 
 // Weight kinds: the first-class layouts every matrix is uploaded as. All are row-major [n, k]:
 //   Q4_0  wq: u8 [n, k/2] ggml nibble order, wd: f16 [n, k/32]        w = d * (q - 8)

@@ -9,35 +9,98 @@ inline float dot16(float8 a, float8 b, float8 c, float8 e)
     return dot(a.lo, b.lo) + dot(a.hi, b.hi) + dot(c.lo, e.lo) + dot(c.hi, e.hi);
 }
 
+// Offset in x of unit u's first eight activations (see unit_w).
+inline int unit_x(const int wt, int u)
+{
+    return wt == W_Q4_0 || wt == W_Q4_1 ? (u >> 1) * 32 + (u & 1) * 8 : u * 16;
+}
+
+// A unit of a row: 16 weights (half a 32-block) as stored, loaded before they are needed (a
+// lane issues the next unit's loads, and a fused norm's, before this unit's arithmetic).
+// Q4_0/Q4_1: a.xy the 8 quant bytes, d (and m); Q8_0: a the 16 quants, d; F16: a, b the 16
+// halfs; F32: a, b, c, e the 16 floats' bits. The fields a kind does not use are dropped by the
+// compiler (wt is a constant in every kernel).
+typedef struct { uint4 a, b, c, e; float d, m; } unit_t;
+
+inline unit_t unit_load(const int wt, WARGS, size_t row, int u, int k)
+{
+    unit_t w;
+    size_t blk = row * (size_t)(k / 32) + (u >> 1);
+    int h = u & 1;
+    // vector-typed loads where the address is known aligned (8 and 16 bytes: one load each)
+    if (wt == W_Q4_0 || wt == W_Q4_1) {
+        w.a.xy = *(__global const uint2 *)(wq + blk * 16 + h * 8);
+        w.d = vload_half(blk, wd);
+        if (wt == W_Q4_1) w.m = vload_half(blk, wm);
+    } else if (wt == W_Q8_0) {
+        w.a = *(__global const uint4 *)(wq + blk * 32 + h * 16);
+        w.d = vload_half(blk, wd);
+    } else if (wt == W_F16) {
+        __global const half *p = (__global const half *)wq + row * (size_t)k + u * 16;
+        if (k % 8 == 0) {                        // rows start 16-byte aligned
+            w.a = ((__global const uint4 *)p)[0];
+            w.b = ((__global const uint4 *)p)[1];
+        } else {
+            w.a = as_uint4(vload8(0, (__global const ushort *)p));
+            w.b = as_uint4(vload8(1, (__global const ushort *)p));
+        }
+    } else {
+        __global const float *p = (__global const float *)wq + row * (size_t)k + u * 16;
+        if (k % 4 == 0) {
+            w.a = ((__global const uint4 *)p)[0];
+            w.b = ((__global const uint4 *)p)[1];
+            w.c = ((__global const uint4 *)p)[2];
+            w.e = ((__global const uint4 *)p)[3];
+        } else {
+            w.a = as_uint4(vload4(0, p));
+            w.b = as_uint4(vload4(1, p));
+            w.c = as_uint4(vload4(2, p));
+            w.e = as_uint4(vload4(3, p));
+        }
+    }
+    return w;
+}
+
+// Eight bytes' fields at bit s (width 4 or 8: mask) as floats, exactly (float)field - bias for
+// an integer bias in 0..256: the field ORed into the mantissa of 2^23, minus 2^23 + bias
+// (integer and float-add ops, where a conversion instruction runs at a quarter of their rate
+// on NVIDIA GPUs).
+inline float8 bytes8(uint2 v, int s, uint mask, float bias)
+{
+    uint8 b = (uint8)(v.x >> s, v.x >> (s + 8), v.x >> (s + 16), v.x >> (s + 24),
+                      v.y >> s, v.y >> (s + 8), v.y >> (s + 16), v.y >> (s + 24));
+    return as_float8((b & mask) | 0x4B000000u) - (8388608.0f + bias);
+}
+
+// A loaded unit dequantized into wa, wb (see unit_x for the activations they meet); the same
+// floats as d * convert_float8(q) (+ m).
+inline void unit_deq(const int wt, unit_t w, float8 *wa, float8 *wb)
+{
+    if (wt == W_Q4_0 || wt == W_Q4_1) {
+        float m = wt == W_Q4_0 ? -8.0f * w.d : w.m;
+        *wa = w.d * bytes8(w.a.xy, 0, 15u, 0.0f) + m;
+        *wb = w.d * bytes8(w.a.xy, 4, 15u, 0.0f) + m;
+    } else if (wt == W_Q8_0) {
+        uint4 u = w.a ^ (uint4)0x80808080u;               // int8 q as q + 128 in 0..255
+        *wa = w.d * bytes8(u.xy, 0, 255u, 128.0f);
+        *wb = w.d * bytes8(u.zw, 0, 255u, 128.0f);
+    } else if (wt == W_F16) {
+        uint4 h[2] = {w.a, w.b};
+        *wa = vload_half8(0, (const __private half *)h);
+        *wb = vload_half8(1, (const __private half *)h);
+    } else {
+        *wa = as_float8((uint8)(w.a, w.b));
+        *wb = as_float8((uint8)(w.c, w.e));
+    }
+}
+
 // Unit u of a row (16 weights) dequantized into wa, wb; returns the offset in x of wa's eight
 // activations (wb's follow at +16 for the 4-bit kinds, whose bytes pair elements j and j+16,
 // else at +8).
 inline int unit_w(const int wt, WARGS, size_t row, int u, int k, float8 *wa, float8 *wb)
 {
-    size_t blk = row * (size_t)(k / 32) + (u >> 1);
-    int h = u & 1;
-    if (wt == W_Q4_0 || wt == W_Q4_1) {
-        uchar8 q = as_uchar8(vload2(0, (__global const uint *)(wq + blk * 16 + h * 8)));
-        float d = vload_half(blk, wd), m = wt == W_Q4_0 ? -8.0f * d : vload_half(blk, wm);
-        *wa = d * convert_float8(q & (uchar8)15) + m;
-        *wb = d * convert_float8(q >> (uchar8)4) + m;
-        return (u >> 1) * 32 + h * 8;
-    }
-    if (wt == W_Q8_0) {
-        char16 q = as_char16(vload4(0, (__global const int *)(wq + blk * 32 + h * 16)));
-        float d = vload_half(blk, wd);
-        *wa = d * convert_float8(q.lo);
-        *wb = d * convert_float8(q.hi);
-    } else if (wt == W_F16) {
-        __global const half *w = (__global const half *)wq + row * (size_t)k + u * 16;
-        *wa = vload_half8(0, w);
-        *wb = vload_half8(1, w);
-    } else {
-        __global const float *w = (__global const float *)wq + row * (size_t)k + u * 16;
-        *wa = vload8(0, w);
-        *wb = vload8(1, w);
-    }
-    return u * 16;
+    unit_deq(wt, unit_load(wt, WPASS, row, u, k), wa, wb);
+    return unit_x(wt, u);
 }
 
 inline int second_half(const int wt)
@@ -48,13 +111,6 @@ inline int second_half(const int wt)
 // RPW (build-time constant) rows per team of TPR lanes: a lane loads its activation slice once
 // and multiplies it by the weights of RPW rows, so x is read RPW times less and each lane has
 // RPW weight loads in flight.
-
-// Offset in x of unit u's first eight activations (see unit_w).
-inline int unit_x(const int wt, int u)
-{
-    return wt == W_Q4_0 || wt == W_Q4_1 ? (u >> 1) * 32 + (u & 1) * 8 : u * 16;
-}
-
 // rms_norm_f32's scale 1 / sqrt(mean(x^2) + eps) of x [d], by the same lanes in the same order
 // so a product with a fused RMSNorm sees exactly the normalized values rms_norm_f32 would write.
 inline float rms_inv(__global const float *x, int d, float eps, __local float *part)
@@ -62,41 +118,61 @@ inline float rms_inv(__global const float *x, int d, float eps, __local float *p
     return 1.0f / sqrt(sum_squares(x, d, part) / d + eps);
 }
 
-// This lane's shares of the dot products of rows row0..row0+RPW-1 with x, into acc. The rows
+// Unit u of row `row` numbered across up to three matrices A (rows [0, na)), B, C of one kind.
+inline unit_t unit_load3(const int wt, WARGS, __global const uchar *bq, __global const half *bd,
+                         __global const half *bm, __global const uchar *cq, __global const half *cd,
+                         __global const half *cm, int na, int nb, int row, int u, int k)
+{
+    int in_b = row >= na, in_c = row >= na + nb;
+    __global const uchar *q = in_c ? cq : in_b ? bq : wq;
+    __global const half *d = in_c ? cd : in_b ? bd : wd, *m = in_c ? cm : in_b ? bm : wm;
+    return unit_load(wt, q, d, m, row - (in_c ? na + nb : in_b ? na : 0), u, k);
+}
+
+// x's units o (eight activations) and o2, RMS-normed (x * inv * nw, as rms_norm_f32 computes
+// it) when nw is non-null.
+#define UNIT_X(wt, u) \
+    int o = unit_x(wt, u), o2 = o + second_half(wt); \
+    float8 xa = vload8(0, x + o), xb = vload8(0, x + o2); \
+    if (nw) { \
+        xa = xa * inv * vload8(0, nw + o); \
+        xb = xb * inv * vload8(0, nw + o2); \
+    }
+
+// This lane's shares of the dot products of rows row0..row0+rpw-1 with x, into acc. The rows
 // are numbered across up to three matrices of one kind and width k: [0, na) are A's, then
 // [na, na+nb) B's, then C's (plain products pass nb = nc = 0). With nw, x is first RMS-normed
-// (x * inv * nw, as rms_norm_f32 computes it).
+// (rms_inv, by every lane of the group: part is its scratch). Software-pipelined: the lane's
+// first unit of each row is requested before the norm's sum (whose loads and barriers then
+// overlap the weights' latency), and each next unit before this one's arithmetic. Past the end
+// the last row is read again (branch-free), its sums unused.
 inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global const half *bd,
                       __global const half *bm, __global const uchar *cq, __global const half *cd,
                       __global const half *cm, int na, int nb, int nc, __global const float *x,
-                      __global const float *nw, float inv, int row0, int k, int lane, float *acc)
+                      __global const float *nw, float eps, __local float *part, int row0, int k, int lane,
+                      const int rpw, float *acc)
 {
-    for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
-    int n = na + nb + nc;
+    int n = na + nb + nc, nu = k / 16;
+    unit_t w[RPW_MAX];
+    for (int r = 0; r < rpw; r++) acc[r] = 0.0f;
+    if (row0 < n && lane < nu)
+        for (int r = 0; r < rpw; r++)
+            w[r] = unit_load3(wt, WPASS, bq, bd, bm, cq, cd, cm, na, nb, min(row0 + r, n - 1), lane, k);
+    float inv = nw ? rms_inv(x, k, eps, part) : 1.0f;
     if (row0 >= n) return;
-    // unrolled by 2: a lane's next unit's weight loads are issued before this one's sums
-    // (H100: 1.17B Q4_0 decode, the FFN down product, k = 5632: about 3 units per lane)
-#pragma unroll 2
-    for (int u = lane; u < k / 16; u += TPR) {
-        int o = unit_x(wt, u), o2 = o + second_half(wt);
-        float8 xa = vload8(0, x + o), xb = vload8(0, x + o2), wa, wb;
-        if (nw) {
-            xa = xa * inv * vload8(0, nw + o);
-            xb = xb * inv * vload8(0, nw + o2);
-        }
-        // branch-free over the rows (past the end: the last row again, its sums unused), so the
-        // compiler can issue all RPW weight loads before the first one is needed
-        for (int r = 0; r < RPW; r++) {
-            int row = min(row0 + r, n - 1), in_b = row >= na, in_c = row >= na + nb;
-            __global const uchar *q = in_c ? cq : in_b ? bq : wq;
-            __global const half *d = in_c ? cd : in_b ? bd : wd, *m = in_c ? cm : in_b ? bm : wm;
-            unit_w(wt, q, d, m, row - (in_c ? na + nb : in_b ? na : 0), u, k, &wa, &wb);
+    for (int u = lane; u < nu; u += TPR) {
+        UNIT_X(wt, u);
+        for (int r = 0; r < rpw; r++) {
+            float8 wa, wb;
+            unit_deq(wt, w[r], &wa, &wb);
+            if (u + TPR < nu)
+                w[r] = unit_load3(wt, WPASS, bq, bd, bm, cq, cd, cm, na, nb, min(row0 + r, n - 1), u + TPR, k);
             acc[r] += dot16(wa, xa, wb, xb);
         }
     }
-    for (int e = (k / 16) * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
+    for (int e = nu * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
         float xe = nw ? x[e] * inv * nw[e] : x[e];
-        for (int r = 0; r < RPW && row0 + r < n; r++) {
+        for (int r = 0; r < rpw && row0 + r < n; r++) {
             int row = row0 + r;
             float w = row < na ? load1(wt, WPASS, row, e, k)
                     : row < na + nb ? load1(wt, bq, bd, bm, row - na, e, k) : load1(wt, cq, cd, cm, row - na - nb, e, k);
@@ -105,33 +181,41 @@ inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global co
     }
 }
 
-// rows_part for the same RPW rows of two matrices G and U of one kind (gate and up): x is loaded
+// rows_part for the same rpw rows of two matrices G and U of one kind (gate and up): x is loaded
 // (and normed) once for both; into g and u.
 inline void rows_part2(const int wt, WARGS, __global const uchar *uq, __global const half *ud,
                        __global const half *um, int n, __global const float *x, __global const float *nw,
-                       float inv, int row0, int k, int lane, float *g, float *u)
+                       float eps, __local float *part, int row0, int k, int lane, const int rpw, float *g, float *u)
 {
-    for (int r = 0; r < RPW; r++) g[r] = u[r] = 0.0f;
-    if (row0 >= n) return;
-#pragma unroll 2  // as in rows_part
-    for (int c = lane; c < k / 16; c += TPR) {
-        int o = unit_x(wt, c), o2 = o + second_half(wt);
-        float8 xa = vload8(0, x + o), xb = vload8(0, x + o2), wa, wb, va, vb;
-        if (nw) {
-            xa = xa * inv * vload8(0, nw + o);
-            xb = xb * inv * vload8(0, nw + o2);
-        }
-        for (int r = 0; r < RPW; r++) {      // past the end: the last row again, sums unused
+    int nu = k / 16;
+    unit_t wg[RPW_MAX], wu[RPW_MAX];
+    for (int r = 0; r < rpw; r++) g[r] = u[r] = 0.0f;
+    if (row0 < n && lane < nu)
+        for (int r = 0; r < rpw; r++) {
             int row = min(row0 + r, n - 1);
-            unit_w(wt, WPASS, row, c, k, &wa, &wb);
-            unit_w(wt, uq, ud, um, row, c, k, &va, &vb);
+            wg[r] = unit_load(wt, WPASS, row, lane, k);
+            wu[r] = unit_load(wt, uq, ud, um, row, lane, k);
+        }
+    float inv = nw ? rms_inv(x, k, eps, part) : 1.0f;
+    if (row0 >= n) return;
+    for (int c = lane; c < nu; c += TPR) {
+        UNIT_X(wt, c);
+        for (int r = 0; r < rpw; r++) {
+            int row = min(row0 + r, n - 1);
+            float8 wa, wb, va, vb;
+            unit_deq(wt, wg[r], &wa, &wb);
+            unit_deq(wt, wu[r], &va, &vb);
+            if (c + TPR < nu) {
+                wg[r] = unit_load(wt, WPASS, row, c + TPR, k);
+                wu[r] = unit_load(wt, uq, ud, um, row, c + TPR, k);
+            }
             g[r] += dot16(wa, xa, wb, xb);
             u[r] += dot16(va, xa, vb, xb);
         }
     }
-    for (int e = (k / 16) * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
+    for (int e = nu * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
         float xe = nw ? x[e] * inv * nw[e] : x[e];
-        for (int r = 0; r < RPW && row0 + r < n; r++) {
+        for (int r = 0; r < rpw && row0 + r < n; r++) {
             g[r] += load1(wt, WPASS, row0 + r, e, k) * xe;
             u[r] += load1(wt, uq, ud, um, row0 + r, e, k) * xe;
         }
@@ -168,32 +252,36 @@ inline void rows_total(__local float *part, float *acc, int nr)
     for (int r = 0; r < nr; r++) acc[r] = team[r * LS];
 }
 
-// The team's first row (LS/TPR teams of RPW rows per group), this lane's place, the token.
-#define GEMV_ROWS int lid = get_local_id(0), lane = lid % TPR, \
-    row0 = (get_group_id(0) * (LS / TPR) + lid / TPR) * RPW, t = get_global_id(1)
+// The team's first row (LS/TPR teams of rpw rows per group), this lane's place, the token.
+#define GEMV_ROWS(rpw) int lid = get_local_id(0), lane = lid % TPR, \
+    row0 = (get_group_id(0) * (LS / TPR) + lid / TPR) * (rpw), t = get_global_id(1)
 #define ONE(n) WPASS, WPASS, WPASS, n, 0, 0
-// x of token t, and rms_inv of it when a norm is fused (nw non-null); needs part and k in scope
-#define GEMV_X(nw, eps) x += (size_t)t * k; float inv = nw ? rms_inv(x, k, eps, part) : 1.0f
+// x of token t; needs k in scope
+#define GEMV_X x += (size_t)t * k
 
-// y = W x (+ res when res is non-null: a residual add), x RMS-normed first when nw is non-null.
+// y = W x (+ res when res is non-null: a residual add), x RMS-normed first when nw is non-null;
+// rpw rows per team.
 inline void gemv(const int wt, WARGS, __global const float *x, __global const float *nw, float eps,
-                 __global const float *res, __global float *y, int n, int k, __local float *part)
+                 __global const float *res, __global float *y, int n, int k, __local float *part, const int rpw)
 {
-    GEMV_ROWS;
-    float acc[RPW];
-    GEMV_X(nw, eps);
-    rows_part(wt, ONE(n), x, nw, inv, row0, k, lane, acc);
-    rows_total(part, acc, RPW);
-    for (int r = 0; r < RPW; r++) {
+    GEMV_ROWS(rpw);
+    float acc[RPW_MAX], rs[RPW_MAX];
+    if (res && lane == 0)            // requested now, used after the sums
+        for (int r = 0; r < rpw; r++) rs[r] = row0 + r < n ? res[(size_t)t * n + row0 + r] : 0.0f;
+    GEMV_X;
+    rows_part(wt, ONE(n), x, nw, eps, part, row0, k, lane, rpw, acc);
+    rows_total(part, acc, rpw);
+    for (int r = 0; r < rpw; r++) {
         size_t i = (size_t)t * n + row0 + r;
-        if (lane == 0 && row0 + r < n) y[i] = res ? res[i] + acc[r] : acc[r];
+        if (lane == 0 && row0 + r < n) y[i] = res ? rs[r] + acc[r] : acc[r];
     }
 }
 
-// Launch of every gemv kernel: global (ceil(rows / (LS/TPR*RPW)) * LS, T), local (LS, 1).
+// Launch of every gemv kernel: global (ceil(rows / (LS/TPR*rpw)) * LS, T), local (LS, 1), with
+// the kernel family's rows per team rpw: RPW, RPW_ADD (gemv_add), RPW_NORM (gemv_norm).
 #define GEMV(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k) \
-{ __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, 0, y, n, k, part); }
+{ __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, 0, y, n, k, part, RPW); }
 
 GEMV(gemv_q4_0_f32, W_Q4_0)
 GEMV(gemv_q4_1_f32, W_Q4_1)
@@ -208,7 +296,7 @@ GEMV(gemv_f32_f32, W_F32)
 // y = res + W x (a residual add).
 #define GEMV_ADD(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global const float *res, __global float *y, int n, int k) \
-{ __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, res, y, n, k, part); }
+{ __local float part[RPW_ADD * LS]; gemv(WT, WPASS, x, 0, 0.0f, res, y, n, k, part, RPW_ADD); }
 
 GEMV_ADD(gemv_add_q4_0_f32, W_Q4_0)
 GEMV_ADD(gemv_add_q4_1_f32, W_Q4_1)
@@ -220,7 +308,7 @@ GEMV_ADD(gemv_add_f32_f32, W_F32)
 #define GEMV_NORM(NAME, WT) \
 __kernel void NAME(WARGS, __global const float *x, __global const float *nw, float eps, __global float *y, \
                    int n, int k) \
-{ __local float part[RPW * LS]; gemv(WT, WPASS, x, nw, eps, 0, y, n, k, part); }
+{ __local float part[RPW_NORM * LS]; gemv(WT, WPASS, x, nw, eps, 0, y, n, k, part, RPW_NORM); }
 
 GEMV_NORM(gemv_norm_q4_0_f32, W_Q4_0)
 GEMV_NORM(gemv_norm_q4_1_f32, W_Q4_1)
@@ -235,10 +323,10 @@ __kernel void NAME(WARGS, __global const uchar *uq, __global const half *ud, __g
                    __global const float *x, __global const float *nw, float eps, __global float *y, int n, int k) \
 { \
     __local float part[2 * RPW * LS]; \
-    GEMV_ROWS; \
+    GEMV_ROWS(RPW); \
     float gu[2 * RPW]; \
-    GEMV_X(nw, eps); \
-    rows_part2(WT, WPASS, uq, ud, um, n, x, nw, inv, row0, k, lane, gu, gu + RPW); \
+    GEMV_X; \
+    rows_part2(WT, WPASS, uq, ud, um, n, x, nw, eps, part, row0, k, lane, RPW, gu, gu + RPW); \
     rows_total(part, gu, 2 * RPW); \
     for (int r = 0; r < RPW; r++) { \
         float g = gu[r]; \
@@ -259,10 +347,10 @@ GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
 // gemv3_rope_kv (attention.cl).
 #define GEMV3_ACC(WT) \
     __local float part[RPW * LS]; \
-    GEMV_ROWS; \
+    GEMV_ROWS(RPW); \
     float acc[RPW]; \
-    GEMV_X(nw, eps); \
-    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, inv, row0, k, lane, acc); \
+    GEMV_X; \
+    rows_part(WT, WPASS, bq, bd, bm, cq, cd, cm, na, nb, nc, x, nw, eps, part, row0, k, lane, RPW, acc); \
     rows_total(part, acc, RPW)
 
 #define GEMV3(NAME, WT) \

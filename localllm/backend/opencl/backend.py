@@ -283,7 +283,8 @@ class OpenCLBackend:
         if why is not None:
             log.info("decode step not replayable: %s", why)
             return False, logits
-        return DecodePlan(rec, self.dev.program, self.dev.ls, self.dev.gemv_rows, self.dev.rpw, self.fuse), logits
+        return DecodePlan(rec, self.dev.program, self.dev.ls, self.dev.rows_of, self.dev.rpw_of["gemv3"],
+                          self.fuse), logits
 
     def from_numpy(self, a: np.ndarray) -> DeviceArray:
         """A float32 host array on the device (tests and benches)."""

@@ -20,6 +20,11 @@ KERNEL_FILES = ("common.cl", "gemv.cl", "matmul.cl", "elementwise.cl", "attentio
 TPR = 32            # lanes per weight row in the matvec kernels (at least; GPUs use a whole group)
 RPW = 8             # rows per TPR-lane team in the matvec kernels (each lane's activations reused;
                     # H100, 1.17B Q4_0 decode: 2 -> 278, 4 -> 349, 8 -> 380 tok/s)
+# Rows per team of the gemv_add and gemv_norm kernels (the residual products, whose matrices have
+# few rows, want more groups; the output head, many rows, fewer). H100, 1.17B Q4_0 alone: FFN
+# down 2048x5632 16.2 -> 15.4 us at 4; float16 head 49152x2048 99.6 -> 77.9 us at 16. CPUs use
+# them only when tests force the GPU kernels, which then check the mixed sizes too.
+RPW_FAMILY = {"gemv_add": 4, "gemv_norm": 16}
 MAX_DK = 512        # head dims attention keeps in local memory
 MAX_DV_PER = 8      # V dims per attention lane: dv <= MAX_DV_PER * ATT_LS
 
@@ -118,6 +123,7 @@ class Device:
     ls: int = field(init=False)        # row-reduction work-group size (power of two, >= TPR)
     tpr: int = field(init=False)       # gemv lanes per row (power of two, divides ls)
     rpw: int = field(init=False)       # gemv rows per team of tpr lanes
+    rpw_of: dict = field(init=False)   # the same per kernel family (gemv, gemv_add, gemv_norm, ...)
     att_ls: int = field(init=False)    # attention team size
     att_ns: int = field(init=False)    # attention teams per work-group
     tiled: bool = field(init=False)    # the 16x16 prefill matmul fits the device's work-groups
@@ -139,13 +145,16 @@ class Device:
         # spread over the compute units (measured on an H100: 32 lanes per row left them idle)
         self.tpr = self.ls if _is_gpu(self.dev) else TPR
         self.rpw = RPW
+        self.rpw_of = dict(RPW_FAMILY)
         tune = os.environ.get(ENV_GEMV, "")          # "TPR,RPW[,LS]": a tuning override for benches
         if tune:
             tpr, rpw, ls = ([int(v) for v in tune.split(",")] + [self.ls])[:3]
             if ls & (ls - 1) or not TPR <= ls <= max_wg or tpr & (tpr - 1) or not TPR <= tpr <= ls or rpw < 1:
                 raise OpenCLError(f"{ENV_GEMV}={tune}: LS must be a power of two in {TPR}..{max_wg}, "
                                   f"TPR one in {TPR}..LS, RPW >= 1")
-            self.tpr, self.rpw, self.ls = tpr, rpw, ls
+            self.tpr, self.rpw, self.ls, self.rpw_of = tpr, rpw, ls, {}
+        for fam in ("gemv", "gemv_add", "gemv_norm", "gemv_swiglu", "gemv3"):
+            self.rpw_of.setdefault(fam, self.rpw)
         # local-memory tiles and lane-shared rows suit GPUs; CPU runtimes serialize barriers, so
         # CPUs get the barrier-free matmul_rows kernel for every product
         self.tiled = _is_gpu(self.dev) and max_wg >= 256 and self.dev.local_mem_size >= 2 * 32 * 33 * 4
@@ -161,6 +170,11 @@ class Device:
         return self.ls // self.tpr * self.rpw
 
     @property
+    def rows_of(self) -> dict[str, int]:
+        """Matrix rows per work-group of each gemv kernel family (gemv, gemv_add, gemv_norm, ...)."""
+        return {fam: self.ls // self.tpr * rpw for fam, rpw in self.rpw_of.items()}
+
+    @property
     def name(self) -> str:
         return self.dev.name.strip()
 
@@ -170,7 +184,7 @@ class Device:
         if tuple(int(x) for x in c_version.split(".")[:2]) < (1, 2):
             raise OpenCLError(f"{self.name}: OpenCL C {c_version} is below the 1.2 the kernels need")
         options = ["-cl-std=CL1.2", "-cl-kernel-arg-info", f"-DLS={self.ls}", f"-DTPR={self.tpr}", f"-DRPW={self.rpw}",
-                   f"-DATT_LS={self.att_ls}", f"-DATT_NS={self.att_ns}",
+                   f"-DRPW_ADD={self.rpw_of['gemv_add']}", f"-DRPW_NORM={self.rpw_of['gemv_norm']}", f"-DATT_LS={self.att_ls}", f"-DATT_NS={self.att_ns}",
                    f"-DMAX_DK={MAX_DK}", f"-DMAX_DV_PER={MAX_DV_PER}"]
         try:
             prg = ocl.Program(self.ctx, kernel_source()).build(options=options)

@@ -51,13 +51,17 @@ def _gemv_kind(name: str) -> str | None:
 
 
 class _Fuser:
-    def __init__(self, steps: list, result: Any, ls: int, rows: int, rpw: int) -> None:
+    def __init__(self, steps: list, result: Any, ls: int, rows: dict[str, int], rpw: int) -> None:
         self.steps, self.ls, self.rows, self.rpw, self.result = list(steps), ls, rows, rpw, result
         self.uses = self._uses()               # readers per buffer in the recorded list
         self.producer = {}                     # id(buffer) -> index of the gemv that writes it
         for i, s in enumerate(self.steps):
             if isinstance(s, Launch) and _gemv_kind(s.name):
                 self.producer[id(s.args[4])] = i
+
+    def _gsize(self, family: str, n: Any, T: int) -> tuple:
+        """The global size of a `family` kernel (gemv, gemv_add, ...) over n rows and T tokens."""
+        return (-(-int(n) // self.rows[family]) * self.ls, T)
 
     def _private(self, buf: Any, n: int = 2) -> bool:
         """buf is read by nothing but its producer and one consumer."""
@@ -77,8 +81,8 @@ class _Fuser:
                 if g is not None:
                     G = self.steps[g]
                     wq, wd, wm, x, _, n, k = G.args
-                    self.steps[i] = Launch(f"gemv_add_{_gemv_kind(G.name)}_f32", G.gsize, G.lsize,
-                                           (wq, wd, wm, x, res, y, n, k))
+                    self.steps[i] = Launch(f"gemv_add_{_gemv_kind(G.name)}_f32", self._gsize("gemv_add", n, G.gsize[1]),
+                                           G.lsize, (wq, wd, wm, x, res, y, n, k))
                     self.steps[g] = None
                     break
 
@@ -92,7 +96,8 @@ class _Fuser:
             G, U = self.steps[gi], self.steps[ui]
             if G.name != U.name or G.args[3] is not U.args[3] or G.args[5:] != U.args[5:]:
                 continue
-            self.steps[i] = Launch(f"gemv_swiglu_{_gemv_kind(G.name)}_f32", G.gsize, G.lsize,
+            self.steps[i] = Launch(f"gemv_swiglu_{_gemv_kind(G.name)}_f32", self._gsize("gemv_swiglu", G.args[5], G.gsize[1]),
+                                   G.lsize,
                                    (*G.args[:3], *U.args[:3], G.args[3], None, NO_EPS, s.args[2], *G.args[5:]))
             self.steps[gi] = self.steps[ui] = None
 
@@ -110,10 +115,9 @@ class _Fuser:
                 while len(ls) < 3:        # a pair: the third matrix is empty
                     ls.append(Launch(ls[0].name, ls[0].gsize, ls[0].lsize, (*ls[0].args[:5], np.int32(0), ls[0].args[6])))
                 a, b, c = ls
-                rows = self.rows
                 n = int(a.args[5]) + int(b.args[5]) + int(c.args[5])
                 self.steps[part[0]] = Launch(
-                    f"gemv3_{_gemv_kind(a.name)}_f32", (-(-n // rows) * self.ls, a.gsize[1]), a.lsize,
+                    f"gemv3_{_gemv_kind(a.name)}_f32", self._gsize("gemv3", n, a.gsize[1]), a.lsize,
                     (*a.args[:3], *b.args[:3], *c.args[:3], a.args[3], None, NO_EPS, a.args[4], b.args[4], c.args[4],
                      a.args[5], b.args[5], c.args[5], a.args[6]))
                 for i in part[1:]:
@@ -181,7 +185,8 @@ class _Fuser:
         if fam == "gemv":                # gemv_<kind>_f32 (W, x, y, n, k) -> gemv_norm (W, x, nw, eps, y, n, k)
             if int(p.args[6]) != d:
                 return None
-            return Launch(f"gemv_norm_{_gemv_kind(p.name)}_f32", p.gsize, p.lsize, (*p.args[:3], x, w, eps, *p.args[4:]))
+            return Launch(f"gemv_norm_{_gemv_kind(p.name)}_f32", self._gsize("gemv_norm", p.args[5], p.gsize[1]), p.lsize,
+                          (*p.args[:3], x, w, eps, *p.args[4:]))
         if int(p.args[-1]) != d:        # gemv3 / gemv_swiglu end with k and carry (x, None, eps) at `at`
             return None
         return Launch(p.name, p.gsize, p.lsize, (*p.args[:at], x, w, eps, *p.args[at + 3:]))
@@ -210,9 +215,10 @@ class _Fuser:
             self.steps[g] = None
 
 
-def fuse(steps: list, result: Any, ls: int, rows: int, rpw: int) -> list:
+def fuse(steps: list, result: Any, ls: int, rows: dict[str, int], rpw: int) -> list:
     """The recorded steps (Launch, or ("c", dst, src, nbytes, offset) device copies) rewritten;
-    ls, rows, rpw: the gemv kernels' work-group size, matrix rows per group and per lane team."""
+    ls: the gemv kernels' work-group size; rows: matrix rows per group of each gemv kernel family
+    (gemv, gemv_add, gemv_norm, gemv_swiglu, gemv3); rpw: gemv3's rows per lane team."""
     f = _Fuser(steps, result, ls, rows, rpw)
     f.swiglu()
     f.residual_adds()

@@ -84,10 +84,11 @@ class Recorder:
 
 class DecodePlan:
     """A recorded forward of T tokens, fused (fuse.py), replayable at any position of the same KV
-    cache. `ls`, `rows`, `rpw`: the gemv work-group size, rows per group and per team; with
-    fused=False the launches stay as recorded."""
+    cache. `ls`, `rows`, `rpw`: the gemv work-group size, rows per group of each gemv kernel
+    family, gemv3's rows per team; with fused=False the launches stay as recorded."""
 
-    def __init__(self, rec: Recorder, program: Any, ls: int, rows: int, rpw: int, fused: bool = True) -> None:
+    def __init__(self, rec: Recorder, program: Any, ls: int, rows: dict[str, int], rpw: int,
+                 fused: bool = True) -> None:
         self.ids, self.pos, self.result = rec.inputs.get("ids"), rec.inputs["pos"], rec.result
         self.steps: list[tuple] = []          # ("k", kernel, gsize, lsize) | ("c", dst, src, nbytes, src_offset)
         for s in fuse(rec.steps, rec.result.buf, ls, rows, rpw) if fused else rec.steps:

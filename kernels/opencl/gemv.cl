@@ -94,6 +94,28 @@ inline void unit_deq(const int wt, unit_t w, float8 *wa, float8 *wb)
     }
 }
 
+// Q4_0 and Q8_0 scale each unit's sum of integer quants times activations once: d * sum((q -
+// 8) x) (gemv's products; it saves the per-weight multiply of a dequantization). unit_int
+// gives those integers as floats (exactly); the other kinds dequantize (unit_deq).
+inline bool unit_scaled(const int wt)
+{
+    return wt == W_Q4_0 || wt == W_Q8_0;
+}
+
+inline void unit_int(const int wt, unit_t w, float8 *wa, float8 *wb)
+{
+    if (wt == W_Q4_0) {
+        *wa = bytes8(w.a.xy, 0, 15u, 8.0f);
+        *wb = bytes8(w.a.xy, 4, 15u, 8.0f);
+    } else if (wt == W_Q8_0) {
+        uint4 u = w.a ^ (uint4)0x80808080u;               // int8 q as q + 128 in 0..255
+        *wa = bytes8(u.xy, 0, 255u, 128.0f);
+        *wb = bytes8(u.zw, 0, 255u, 128.0f);
+    } else {
+        unit_deq(wt, w, wa, wb);
+    }
+}
+
 // Unit u of a row (16 weights) dequantized into wa, wb; returns the offset in x of wa's eight
 // activations (wb's follow at +16 for the 4-bit kinds, whose bytes pair elements j and j+16,
 // else at +8).
@@ -164,10 +186,12 @@ inline void rows_part(const int wt, WARGS, __global const uchar *bq, __global co
         UNIT_X(wt, u);
         for (int r = 0; r < rpw; r++) {
             float8 wa, wb;
-            unit_deq(wt, w[r], &wa, &wb);
+            float d = unit_scaled(wt) ? w[r].d : 1.0f;
+            unit_int(wt, w[r], &wa, &wb);
             if (u + TPR < nu)
                 w[r] = unit_load3(wt, WPASS, bq, bd, bm, cq, cd, cm, na, nb, min(row0 + r, n - 1), u + TPR, k);
-            acc[r] += dot16(wa, xa, wb, xb);
+            float s = dot16(wa, xa, wb, xb);
+            acc[r] += unit_scaled(wt) ? d * s : s;
         }
     }
     for (int e = nu * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail
@@ -203,14 +227,16 @@ inline void rows_part2(const int wt, WARGS, __global const uchar *uq, __global c
         for (int r = 0; r < rpw; r++) {
             int row = min(row0 + r, n - 1);
             float8 wa, wb, va, vb;
-            unit_deq(wt, wg[r], &wa, &wb);
-            unit_deq(wt, wu[r], &va, &vb);
+            float dg = unit_scaled(wt) ? wg[r].d : 1.0f, du = unit_scaled(wt) ? wu[r].d : 1.0f;
+            unit_int(wt, wg[r], &wa, &wb);
+            unit_int(wt, wu[r], &va, &vb);
             if (c + TPR < nu) {
                 wg[r] = unit_load(wt, WPASS, row, c + TPR, k);
                 wu[r] = unit_load(wt, uq, ud, um, row, c + TPR, k);
             }
-            g[r] += dot16(wa, xa, wb, xb);
-            u[r] += dot16(va, xa, vb, xb);
+            float sg = dot16(wa, xa, wb, xb), su = dot16(va, xa, vb, xb);
+            g[r] += unit_scaled(wt) ? dg * sg : sg;
+            u[r] += unit_scaled(wt) ? du * su : su;
         }
     }
     for (int e = nu * 16 + lane; e < k; e += TPR) {   // float kinds: the k % 16 tail

@@ -184,8 +184,8 @@ class Device:
         if tuple(int(x) for x in c_version.split(".")[:2]) < (1, 2):
             raise OpenCLError(f"{self.name}: OpenCL C {c_version} is below the 1.2 the kernels need")
         options = ["-cl-std=CL1.2", "-cl-kernel-arg-info", f"-DLS={self.ls}", f"-DTPR={self.tpr}", f"-DRPW={self.rpw}",
-                   f"-DRPW_ADD={self.rpw_of['gemv_add']}", f"-DRPW_NORM={self.rpw_of['gemv_norm']}", f"-DATT_LS={self.att_ls}", f"-DATT_NS={self.att_ns}",
-                   f"-DMAX_DK={MAX_DK}", f"-DMAX_DV_PER={MAX_DV_PER}"]
+                   f"-DRPW_ADD={self.rpw_of['gemv_add']}", f"-DRPW_NORM={self.rpw_of['gemv_norm']}",
+                   f"-DATT_LS={self.att_ls}", f"-DATT_NS={self.att_ns}", f"-DMAX_DK={MAX_DK}", f"-DMAX_DV_PER={MAX_DV_PER}"]
         try:
             prg = ocl.Program(self.ctx, kernel_source()).build(options=options)
         except ocl.Error as e:

@@ -29,7 +29,8 @@ import numpy as np
 from numba import njit, prange
 
 from .isa import specialize
-from .qmatmul import q6_groups, r8_groups
+from .ops import d8_groups
+from .qmatmul import bind_inline, q6_groups, r8_groups
 from .quant import Q6, QK, R, _quantize_row
 from .simd import atomic_add_i64, atomic_load_i64, atomic_xchg_i64, cpu_relax, cycles, f16_to_f32, f32_to_f16
 
@@ -126,15 +127,30 @@ def _rope_row(x, cos, sin, neox, out):
         out[b_i] = a * sin[i] + b * cos[i]
 
 
-Encoding = tuple[str, int]   # (R8Weight.kind, R8Weight.zero)
+Encoding = tuple[str, int]   # (R8Weight.kind, R8Weight.zero), or (D8, 0) for a float d8 matrix
+D8 = "d8"                    # float32 / float16 weights in kernels.ops's d8 layout (no scales)
+
+
+def _mm_quantized(qs, d, m, xf, xq, xd, xs, g0, g1, y):
+    """A slot's matmul on the Q8_0 form of its input (r8 and q6 weights). Global bound: MM."""
+    MM(qs, d, m, xq, xd, xs, g0, g1, y)
+
+
+def _mm_dense(w, d, m, xf, xq, xd, xs, g0, g1, y):
+    """A slot's matmul on the float form of its input (d8 weights; d and m are empty)."""
+    d8_groups(w, xf, g0, g1, y)
 
 
 @functools.cache
 def mm_groups(enc: Encoding, isa: str) -> Callable:
-    """The serial matmul over a group range for a fused-step slot of encoding `enc` on `isa`.
+    """The serial matmul over a group range for a fused-step slot of encoding `enc` on `isa`,
+    taking the slot's input both as float32 and as Q8_0 blocks and reading the form it needs.
     AVX2 always takes the non-saturating dot product: a slot may hold Q8_0 (u up to 255)."""
     kind, zero = enc
-    return q6_groups(isa) if kind == Q6 else r8_groups(kind, isa, True, zero)
+    if kind == D8:
+        return njit(inline="always", cache=True, fastmath=True)(_mm_dense)
+    mm = q6_groups(isa) if kind == Q6 else r8_groups(kind, isa, True, zero)
+    return bind_inline(_mm_quantized, f"{kind}{zero or ''}_{isa}", MM=mm)
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -185,7 +201,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 c = _next(sync, flags, st, n_qkv, epoch, rescue, tl, tid, nthreads)
                 if c < 0:
                     break
-                MM_QKV(qkv_qs[l], qkv_d[l], qkv_m[l], hq[ha], hd[ha], hs[ha], c * GPC, min(G_qkv, c * GPC + GPC),
+                MM_QKV(qkv_qs[l], qkv_d[l], qkv_m[l], hb[ha], hq[ha], hd[ha], hs[ha], c * GPC, min(G_qkv, c * GPC + GPC),
                        qkv[li])
                 _mark(sync, flags, st, c, epoch, tid, nthreads)
             st += 1
@@ -242,7 +258,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 g0, g1 = c * GPC, min(G_o, c * GPC + GPC)
-                MM_O(o_qs[l], o_d[l], o_m[l], aq[li], ad[li], as_[li], g0, g1, proj[pa])
+                MM_O(o_qs[l], o_d[l], o_m[l], att[li], aq[li], ad[li], as_[li], g0, g1, proj[pa])
                 for t in range(T):
                     for j in range(g0 * R, min(g1 * R, dim)):
                         x[xa, t, j] = x[xi, t, j] + proj[pa, t, j]
@@ -263,8 +279,8 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 g0, g1 = c * 4, c * 4 + 4
-                MM_FF(gate_qs[l], gate_d[l], gate_m[l], hq[hf], hd[hf], hs[hf], g0, g1, gbuf[li])
-                MM_FF(up_qs[l], up_d[l], up_m[l], hq[hf], hd[hf], hs[hf], g0, g1, ubuf[li])
+                MM_FF(gate_qs[l], gate_d[l], gate_m[l], hb[hf], hq[hf], hd[hf], hs[hf], g0, g1, gbuf[li])
+                MM_FF(up_qs[l], up_d[l], up_m[l], hb[hf], hq[hf], hd[hf], hs[hf], g0, g1, ubuf[li])
                 for t in range(T):
                     for j in range(c * QK, c * QK + QK):
                         gv = gbuf[li, t, j]
@@ -279,7 +295,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 if c < 0:
                     break
                 g0, g1 = c * GPC, min(G_dn, c * GPC + GPC)
-                MM_DOWN(down_qs[l], down_d[l], down_m[l], fq[li], fd[li], fs[li], g0, g1, proj[pf])
+                MM_DOWN(down_qs[l], down_d[l], down_m[l], ff[li], fq[li], fd[li], fs[li], g0, g1, proj[pf])
                 for t in range(T):
                     for j in range(g0 * R, min(g1 * R, dim)):
                         x[xf, t, j] = x[xa, t, j] + proj[pf, t, j]
@@ -300,7 +316,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
             c = _next(sync, flags, st, n_out, epoch, rescue, tl, tid, nthreads)
             if c < 0:
                 break
-            MM_OUT(out_qs, out_d, out_m, oq, od, os_, c * GPC_OUT, min(G_out, c * GPC_OUT + GPC_OUT), logits)
+            MM_OUT(out_qs, out_d, out_m, hb[ho, r0:], oq, od, os_, c * GPC_OUT, min(G_out, c * GPC_OUT + GPC_OUT), logits)
             _mark(sync, flags, st, c, epoch, tid, nthreads)
         if tid < stats.shape[0]:                 # per thread: chunks claimed, chunks rescued, wait and busy cycles
             stats[tid, 0] += tl[2]

@@ -91,30 +91,38 @@ def _d8_tile(w, x, y, g, h, t, kc, k):
     y[t + 3, r], y[t + 3, r + 1], y[t + 3, r + 2], y[t + 3, r + 3] = hsum_f32(a30), hsum_f32(a31), hsum_f32(a32), hsum_f32(a33)
 
 
+@njit(inline="always")
+def d8_groups(w, x, g0, g1, y):
+    """y[:, g*8 .. g*8+8] for the groups g0 <= g < g1 (serial): per group, 4 activation rows x 4
+    weight rows per pass, then the last T % 4 rows two at a time against all 8 weight rows (the
+    group is in L1/L2 by then). x float32 [T, k] C-contiguous."""
+    T, k = x.shape[0], x.shape[1]
+    kc = k // DC
+    T4 = T - T % 4
+    for g in range(g0, g1):
+        for t in range(0, T4, 4):
+            _d8_tile(w, x, y, g, 0, t, kc, k)
+            _d8_tile(w, x, y, g, 1, t, kc, k)
+        for t in range(T4, T, 2):
+            _d8_pair(w, x, y, g, t, min(t + 1, T - 1), kc, k)
+        if kc * DC < k:                              # the last, partial chunk (weights zero-padded)
+            o = g * w.shape[1] + kc * D8 * DC
+            for t in range(T):
+                for r in range(D8):
+                    s = np.float32(0.0)
+                    for j in range(k - kc * DC):
+                        s += scale_at(w, o + r * DC + j) * x[t, kc * DC + j]
+                    y[t, g * D8 + r] += s
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def mul_dense(w, x, y):
     """y float32 [T, G*8] = x float32 [T, k] @ W^T, W in the d8 layout (interleave_d8): w [G, C*128]
     float32 or uint16 (float16 bits, converted by vcvtph2ps); x C-contiguous. Tasks of D8_TASK
-    groups; per group, 4 activation rows x 4 weight rows per pass, then the last T % 4 rows two at
-    a time against all 8 weight rows (the group is in L1/L2 by then). Padding rows come out zero."""
-    G, T, k = w.shape[0], x.shape[0], x.shape[1]
-    kc = k // DC
-    T4 = T - T % 4
+    groups (d8_groups). Padding rows come out zero."""
+    G = w.shape[0]
     for task in prange((G + D8_TASK - 1) // D8_TASK):
-        for g in range(task * D8_TASK, min(G, task * D8_TASK + D8_TASK)):
-            for t in range(0, T4, 4):
-                _d8_tile(w, x, y, g, 0, t, kc, k)
-                _d8_tile(w, x, y, g, 1, t, kc, k)
-            for t in range(T4, T, 2):
-                _d8_pair(w, x, y, g, t, min(t + 1, T - 1), kc, k)
-            if kc * DC < k:                              # the last, partial chunk (weights zero-padded)
-                o = g * w.shape[1] + kc * D8 * DC
-                for t in range(T):
-                    for r in range(D8):
-                        s = np.float32(0.0)
-                        for j in range(k - kc * DC):
-                            s += scale_at(w, o + r * DC + j) * x[t, kc * DC + j]
-                        y[t, g * D8 + r] += s
+        d8_groups(w, x, task * D8_TASK, min(G, task * D8_TASK + D8_TASK), y)
 
 
 @njit(cache=True, nogil=True, fastmath=True)

@@ -205,7 +205,7 @@ def _mul_q6_plain(qs, d, m, xq, xd, xs, y):
                 y[t, g * R + r] = acc
 
 
-def _bind_inline(fn: Callable, suffix: str, **bindings) -> Callable:
+def bind_inline(fn: Callable, suffix: str, **bindings) -> Callable:
     """An njit(inline="always") copy of helper `fn` with some globals rebound (cf. isa.specialize)."""
     import types as pytypes
     from numba import njit as _njit
@@ -220,7 +220,7 @@ _Q6_DOTS = {VNNI: simd.dot_u8s8_vnni, AVX2: simd.dot_u8s8_avx2}   # u < 64: the 
 @functools.cache
 def q6_groups(isa: str) -> Callable:
     """The serial q6 matmul over a group range on `isa` (VNNI or AVX2)."""
-    step = _bind_inline(_q6_step, isa, dot_u8s8=_Q6_DOTS[isa])
+    step = bind_inline(_q6_step, isa, dot_u8s8=_Q6_DOTS[isa])
     return specialize(_mm_q6_groups, isa, parallel=False, q6_step=step)
 
 
@@ -244,9 +244,9 @@ def r8_groups(kind: str, isa: str, wide: bool, zero: int = 0) -> Callable:
     `wide`: some u bytes are >= 128, so AVX2 must use the non-saturating dot product.
     `zero` > 0: m is not stored but -zero * d (R8Weight.zero)."""
     dot = _DOTS[isa][int(wide)]
-    offsets = _bind_inline(_offsets_from_d, f"z{zero}", MZERO=np.float32(-zero)) if zero else _offsets_stored
+    offsets = bind_inline(_offsets_from_d, f"z{zero}", MZERO=np.float32(-zero)) if zero else _offsets_stored
     return specialize(_mm_r8_groups, _suffix(kind, isa, wide, zero), parallel=False, dot_u8s8=dot,
-                      _tile_step=_bind_inline(_tile_step, f"{isa}{'_wide' if wide else ''}", dot_u8s8=dot),
+                      _tile_step=bind_inline(_tile_step, f"{isa}{'_wide' if wide else ''}", dot_u8s8=dot),
                       unpack=_unpack_u4 if kind == U4 else _unpack_u8, offsets=offsets,
                       BLOCK_BYTES=QK * R // 2 if kind == U4 else QK * R)
 

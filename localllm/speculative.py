@@ -43,11 +43,15 @@ class DraftModel:
         tokens: list[int] = []
         dists: list[np.ndarray | None] = []
         for i in range(k):
-            if self.p_min > 0 and 1.0 / np.exp(logits - logits.max(), dtype=np.float64).sum() < self.p_min:
+            if self.p_min > 0 and 1.0 / np.exp(logits - logits.max()).sum() < self.p_min:
                 break                                      # the top token's probability is below p_min
-            q = self.sampler.distribution(logits, history + tokens)
-            tokens.append(self.sampler.draw(q))
-            dists.append(q)
+            if self.sampler.greedy:                        # a deterministic proposal: q is one-hot
+                tokens.append(self.sampler(logits, history + tokens))
+                dists.append(None)
+            else:
+                q = self.sampler.distribution(logits, history + tokens)
+                tokens.append(self.sampler.draw(q))
+                dists.append(q)
             if i + 1 < k:
                 logits = self.seq.step(tokens[-1])
         return tokens, dists

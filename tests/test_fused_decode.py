@@ -100,8 +100,8 @@ def _tensor(name, qtype, shape, rng):
 
 
 @pytest.mark.parametrize("qtype,out_type", [(QT.Q4_0, QT.Q8_0), (QT.Q4_1, QT.Q4_0), (QT.Q5_0, QT.Q5_0),
-                                            (QT.Q8_0, QT.Q6_K), (QT.Q4_0, QT.F16), (QT.Q4_K, QT.Q4_K),
-                                            (QT.Q6_K, QT.Q6_K)], ids=lambda t: t.name)
+                                            (QT.Q8_0, QT.Q6_K), (QT.Q4_0, QT.F32), (QT.Q4_K, QT.Q4_K),
+                                            (QT.Q6_K, QT.Q6_K), (QT.F16, QT.F16)], ids=lambda t: t.name)
 def test_fused_every_encoding(qtype, out_type):
     rng = np.random.default_rng(int(qtype) * 7 + int(out_type))
     dim, ffn, H, KV, dh, L, vocab = 256, 512, 4, 2, 64, 2, 300

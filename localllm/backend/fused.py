@@ -1,12 +1,13 @@
 """The fused forward of the Numba backend: a whole llama step in one compiled call (kernels.fused).
 
 `FusedLlama.build(model, backend)` checks that the model fits the fused step (llama architecture,
-every layer matrix in an r8 encoding, shapes the stages can cut) and lays its weights out once:
+every matrix in an r8 encoding or the float d8 layout, shapes the stages can cut) and lays its
+weights out once:
 per slot (QKV stacked by rows, O, gate, up, down) one [n_layers, groups, bytes] array, whose
 per-layer slices then replace the readable path's arrays (views: the memory is not doubled).
 Calling the plan runs the step; scratch buffers are allocated once per token count.
-An output projection outside the r8 encodings (a float head, or a K-quant other than Q4_K/Q6_K) runs through the backend's
-ordinary matmul on the normed rows the step leaves behind."""
+A slot's matrices share one encoding: r8 ones multiply the Q8_0 form of the slot's input, d8 ones
+(F16, F32, and the types the backend dequantizes) its float32 form, so an F16 model runs whole."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..kernels import fused as kf
 from ..kernels.isa import AVX2, VNNI
-from ..kernels.quant import QK, R, U8
+from ..kernels.quant import QK, R
 from ..kv_cache import KVCache
 
 SLOTS = ("qkv", "o", "gate", "up", "down")
@@ -36,13 +37,38 @@ class Slot:
         return self.kind, self.zero
 
 
-def _r8(w):
+class _DenseSource:
+    """A d8 float matrix (numba_cpu.DenseWeight) seen as a slot part like an R8Weight: kind D8,
+    its weights in qs, no scales (d and m empty)."""
+    kind, zero = kf.D8, 0
+
+    def __init__(self, dense) -> None:
+        self.dense, self.rows, self.cols = dense, dense.rows, dense.cols
+        self.d = self.m = np.zeros((dense.w.shape[0], 0), np.float32)
+
+    @property
+    def qs(self) -> np.ndarray:
+        return self.dense.w
+
+    @qs.setter
+    def qs(self, value: np.ndarray) -> None:
+        self.dense.w = value
+
+
+def _source(w):
+    """A weight as a slot part (R8Weight or _DenseSource), or None if the step cannot read it."""
+    from .numba_cpu import DenseWeight
+    if isinstance(w, DenseWeight):
+        return _DenseSource(w)
     return getattr(w, "r8", None)
 
 
 def _stack(parts_per_layer: list[list]) -> Slot | str:
-    """Per layer, a list of R8Weights stacked by rows -> one Slot; rebinds the sources as views."""
+    """Per layer, a list of slot parts (_source) stacked by rows -> one Slot; rebinds the sources
+    as views."""
     flat = [w for parts in parts_per_layer for w in parts]
+    if len({w.qs.dtype for w in flat}) != 1:
+        return "mixed weight precisions in one slot"
     kinds = {(w.kind, w.zero) for w in flat}
     if len(kinds) != 1:
         return "mixed weight encodings in one slot"
@@ -93,12 +119,14 @@ class FusedLlama:
             return "shapes the fused stages cannot cut"
         layers = model.layers
         names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-        if not all(_r8(getattr(L, n, None)) is not None for L in layers for n in names):
-            return "a layer matrix outside the r8 encodings"
+        if not all(_source(getattr(L, n, None)) is not None for L in layers for n in names):
+            return "a layer matrix outside the r8 and d8 encodings"
+        if _source(model.output_weight()) is None:
+            return "an output matrix outside the r8 and d8 encodings"
         slots = {}
         for slot, parts in (("qkv", ("attn_q", "attn_k", "attn_v")), ("o", ("attn_output",)),
                             ("gate", ("ffn_gate",)), ("up", ("ffn_up",)), ("down", ("ffn_down",))):
-            s = _stack([[_r8(getattr(L, n)) for n in parts] for L in layers])
+            s = _stack([[_source(getattr(L, n)) for n in parts] for L in layers])
             if isinstance(s, str):
                 return f"{slot}: {s}"
             slots[slot] = s
@@ -112,14 +140,8 @@ class FusedLlama:
         self.attn_norm = np.ascontiguousarray(np.stack([L.attn_norm for L in model.layers]), dtype=np.float32)
         self.ffn_norm = np.ascontiguousarray(np.stack([L.ffn_norm for L in model.layers]), dtype=np.float32)
         self.out_norm = np.ascontiguousarray(model.w("output_norm"), dtype=np.float32)
-        out = model.output_weight()
-        self.out_r8 = _r8(out)
-        if self.out_r8 is not None:
-            self.out = ((self.out_r8.kind, self.out_r8.zero), self.out_r8.qs, self.out_r8.d, self.out_r8.m)
-        else:                                    # dense head: the step stops at the normed rows
-            self.out = ((U8, 0), np.zeros((0, c.dim // QK * QK * R), np.uint8), np.zeros((0, c.dim // QK * R), np.uint16),
-                        np.zeros((0, c.dim // QK * R), np.uint16))
-        self.out_weight = out
+        self.out_src = _source(model.output_weight())
+        self.out = ((self.out_src.kind, self.out_src.zero), self.out_src.qs, self.out_src.d, self.out_src.m)
         self.step = kf.llama_step(backend.isa, slots["qkv"].encoding, slots["o"].encoding, slots["gate"].encoding,
                                   slots["down"].encoding, self.out[0])
         self.sync = np.zeros(0, dtype=np.int64)   # sized for the thread count at the first call
@@ -130,7 +152,7 @@ class FusedLlama:
     def describe(self) -> str:
         s = self.slots
         return (f"fused llama step ({self.backend.isa}): qkv {s['qkv'].kind}, o {s['o'].kind}, ffn {s['gate'].kind}/"
-                f"{s['down'].kind}, output {'r8 ' + self.out[0][0] if self.out_r8 is not None else 'backend matmul'}")
+                f"{s['down'].kind}, output {self.out[0][0]}")
 
     def _buffers(self, T: int, To: int) -> tuple:
         """Scratch for a T-token step: one slice per layer and use while T <= RESCUE_MAX_T (so
@@ -187,7 +209,4 @@ class FusedLlama:
                   oqs, od, om, cache.k.view(np.uint16), cache.v.view(np.uint16),
                   c.n_heads, c.n_kv_heads, c.head_dim_k, c.head_dim_v, *bufs[1:], self.sync, flags, self.epoch,
                   rescue, nthreads)
-        if self.out_r8 is not None:
-            return bufs[-1][:, :self.out_r8.rows].copy()
-        hb = bufs[1][(2 * c.n_layers) % bufs[1].shape[0]]
-        return ops.to_numpy(ops.matmul(hb[r0:], self.out_weight))
+        return bufs[-1][:, :self.out_src.rows].copy()

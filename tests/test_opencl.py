@@ -308,7 +308,10 @@ def test_prefill_equals_single_decodes(smollm2):
     for t in ids:
         steps.append(model.forward(np.array([t]), cache)[0])
         cache.tokens.append(int(t))
-    _close(np.array(steps), prefill, np.abs(prefill).max(), 1e-4)
+    # Prefill runs the tiled matmul and decode the gemv kernels: different float orders, and
+    # K/V rounded to float16 from slightly different values compound over 30 layers. PoCL stays
+    # within 1e-4 of the largest logit, NVIDIA's OpenCL reached 3.5e-4; a real bug is O(1).
+    _close(np.array(steps), prefill, np.abs(prefill).max(), 1e-3)
 
 
 def test_generation_through_reused_cache_equals_cold_run(smollm2):

@@ -91,11 +91,12 @@ def _d8_tile(w, x, y, g, h, t, kc, k):
     y[t + 3, r], y[t + 3, r + 1], y[t + 3, r + 2], y[t + 3, r + 3] = hsum_f32(a30), hsum_f32(a31), hsum_f32(a32), hsum_f32(a33)
 
 
-@njit(inline="always")
+@njit(cache=True, nogil=True, fastmath=True)
 def d8_groups(w, x, g0, g1, y):
     """y[:, g*8 .. g*8+8] for the groups g0 <= g < g1 (serial): per group, 4 activation rows x 4
     weight rows per pass, then the last T % 4 rows two at a time against all 8 weight rows (the
-    group is in L1/L2 by then). x float32 [T, k] C-contiguous."""
+    group is in L1/L2 by then). x float32 [T, k] C-contiguous. A called function, not inlined:
+    the fused step calls it from six places, and inlining it there quadrupled its compile time."""
     T, k = x.shape[0], x.shape[1]
     kc = k // DC
     T4 = T - T % 4

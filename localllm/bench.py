@@ -104,7 +104,7 @@ class BenchResult:
 
 
 def run_bench(llm, prompts: list[int], gens: list[int], threads: list[int], repetitions: int = 3,
-              progress: bool = True, dram_gbps: float | None = None) -> dict[str, Any]:
+              progress: bool = True) -> dict[str, Any]:
     """Every (threads, test) combination, `repetitions` times after one warm-up; plus the roofline."""
     import numba
     from tqdm import tqdm
@@ -123,10 +123,16 @@ def run_bench(llm, prompts: list[int], gens: list[int], threads: list[int], repe
             bar.update()
         results.append(res)
     bar.close()
-    device_probe = getattr(llm.backend, "copy_bandwidth", None)   # a GPU's roofline is its own memory
-    if dram_gbps is None:
-        dram_gbps = device_probe() / 1e9 if device_probe else dram_read_gbps(max(threads))
-    return summarize(llm, results, dram_gbps, "device copy kernel" if device_probe else "DRAM read")
+    return summarize(llm, results, *roofline_bandwidth(llm, max(threads)))
+
+
+def roofline_bandwidth(llm, threads: int) -> tuple[float, str]:
+    """(GB/s, probe name) that decode is held against: a GPU's own memory through the backend's
+    copy kernel, else the host DRAM read probe."""
+    device_probe = getattr(llm.backend, "copy_bandwidth", None)
+    if device_probe is not None:
+        return device_probe() / 1e9, "device copy kernel"
+    return dram_read_gbps(threads), "DRAM read"
 
 
 def summarize(llm, results: list[BenchResult], dram_gbps: float, probe: str = "DRAM read") -> dict[str, Any]:

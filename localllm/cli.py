@@ -160,12 +160,11 @@ def _int_list(text: str) -> list[int]:
 def bench(model, n_prompt, n_gen, threads, repetitions, backend, as_json, plot_path):
     """Measure prompt (pp) and generation (tg) tok/s, against the memory roofline (DRAM; a GPU: its own)."""
     from . import load
-    from .bench import depth_sweep, dram_read_gbps, markdown, plot, run_bench
+    from .bench import depth_sweep, markdown, plot, run_bench
     prompts, gens, thread_list = _int_list(n_prompt), _int_list(n_gen), _int_list(threads)
-    dram = dram_read_gbps(max(thread_list))   # before the model's memory is in play
     n_ctx = max(prompts + gens + [0]) + 1 + (4096 if plot_path else 0)
     llm = load(model, backend=backend, n_ctx=n_ctx, threads=max(thread_list))
-    summary = run_bench(llm, prompts, gens, thread_list, repetitions, progress=sys.stderr.isatty(), dram_gbps=dram)
+    summary = run_bench(llm, prompts, gens, thread_list, repetitions, progress=sys.stderr.isatty())
     if plot_path:
         plot(summary, depth_sweep(llm, [1, 256, 1024, 2048, 4096]), plot_path)
     click.echo(json.dumps(summary, indent=2) if as_json else markdown(summary))

@@ -41,3 +41,17 @@ def test_bench_on_opencl_holds_decode_against_the_device_memory(tmp_path):
     """A GPU's roofline is its own memory: the OpenCL backend's copy kernel, not the host's DRAM."""
     d = _bench_json(tmp_path, "--backend", "opencl")
     assert d["memory_probe"] == "device copy kernel" and d["dram_read_gbps"] > 0 and d["gen_tps"] > 0
+
+
+def test_roofline_is_the_device_copy_kernel_on_opencl_and_host_dram_otherwise(tmp_path, monkeypatch):
+    """The probe decode is held against: the backend's own copy kernel where it has one (a GPU's
+    memory), the host DRAM probe otherwise; never the host figure under the device's name."""
+    import localllm
+    import localllm.bench as bench
+    model = make_random_gguf(tmp_path / "m.gguf", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128,
+                             tensor_type="Q4_0", output_type="Q8_0", n_ctx=128)
+    monkeypatch.setattr(bench, "dram_read_gbps", lambda threads: 7.0)
+    gpu = localllm.load(model, backend="opencl", n_ctx=32)
+    monkeypatch.setattr(gpu.backend, "copy_bandwidth", lambda: 123e9)
+    assert bench.roofline_bandwidth(gpu, 2) == (123.0, "device copy kernel")
+    assert bench.roofline_bandwidth(localllm.load(model, backend="cpu", n_ctx=32), 2) == (7.0, "DRAM read")

@@ -47,7 +47,8 @@ STAGES_PER_LAYER = 8
 # one forward stream through the weights), then steals from the other shares' counters, and
 # counts what it finished on its own `done` line. One shared counter for claims and one for done
 # chunks made every chunk move two cache lines between the cores (~0.1 µs each, for chunks of
-# 1-3 µs of work) and interleaved the threads' weight streams.
+# 1-3 µs of work) and interleaved the threads' weight streams. `_next` and `_mark` are called,
+# not inlined: ten inlined copies of each made the step slow to compile.
 @njit(inline="always")
 def _claim(sync, base, u, n, P):
     """The next unclaimed chunk of thread u's share of a stage with n chunks, or -1."""
@@ -66,7 +67,7 @@ def _done(sync, base, P):
     return s
 
 
-@njit(inline="always")
+@njit(cache=True, nogil=True)
 def _next(sync, flags, st, n, epoch, rescue, tl, tid, P):
     """The next chunk of stage `st` (n chunks) for thread tid of P, or -1 once all n are done.
     The thread claims from its own share, then from the others'; when none is left it waits
@@ -96,7 +97,7 @@ def _next(sync, flags, st, n, epoch, rescue, tl, tid, P):
     return -1
 
 
-@njit(inline="always")
+@njit(cache=True, nogil=True)
 def _mark(sync, flags, st, c, epoch, tid, P):
     """Chunk c of stage st is done (counted once, on the line of whoever ran it)."""
     if atomic_xchg_i64(flags, st * flags.shape[1] + c, epoch) != epoch:

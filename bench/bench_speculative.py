@@ -4,6 +4,7 @@
   * prompt lookup: the same target on a "rewrite this code with one change" prompt.
 
     python bench/bench_speculative.py [--tokens 128] [--rounds 2]
+    python bench/bench_speculative.py --steps     # what a draft step and a T-token verify cost
 
 The F16 and Q4_0 files are made once from the catalog's Q4_1 file with `localllm quantize`
 (into $LOCALLLM_HOME/synthetic/)."""
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
+
+import numpy as np
 
 import localllm
 from localllm.models import models_home, pull
@@ -52,13 +55,43 @@ def timed(llm, prompt: str, n: int) -> tuple[float, str, dict]:
     return s["generated_tokens"] / (time.perf_counter() - t0 - s["prompt_ms"] / 1e3), text, s
 
 
+def forward_ms(llm, prompt: str, T: int, reps: int = 30) -> float:
+    """Best time of one T-token forward after `prompt` (a draft step: T = 1; a verify: 1 + k)."""
+    from localllm.generator import Stats
+    seq = llm._sequence()
+    seq.eval_prompt(llm.tokenize(prompt), Stats())
+    base, ids, best = seq.cache.offset, np.arange(100, 100 + T), float("inf")
+    for _ in range(reps):
+        seq.cache.trim(base)
+        t0 = time.perf_counter()
+        seq.model.forward(ids, seq.cache, all_logits=True)
+        best = min(best, time.perf_counter() - t0)
+        seq.cache.tokens.extend(ids.tolist())
+    return best * 1e3
+
+
+def step_costs(target, draft, threads: int) -> None:
+    kw = dict(n_ctx=2048, threads=threads, prefix_cache_bytes=0)
+    print("| model | tokens per forward | ms | target steps |")
+    print("| --- | --- | --- | --- |")
+    llms = {"target F16": localllm.load(target, **kw), "draft Q4_0": localllm.load(draft, **kw)}
+    step = forward_ms(llms["target F16"], CODE_PROMPT, 1)
+    for name, llm in llms.items():
+        for T in ((1,) if name.startswith("draft") else (1, 2, 3, 4, 5)):
+            ms = step if (name, T) == ("target F16", 1) else forward_ms(llm, CODE_PROMPT, T)
+            print(f"| {name} | {T} | {ms:.2f} | {ms / step:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", action="store_true", help="only time one forward of each size")
     args = ap.parse_args()
     target, draft = variant("F16"), variant("Q4_0")
+    if args.steps:
+        return step_costs(target, draft, args.threads)
     kw = dict(n_ctx=2048, threads=args.threads, prefix_cache_bytes=0)
     runs = {"plain": localllm.load(target, **kw), "draft Q4_0": localllm.load(target, draft=draft, **kw),
             "lookup": localllm.load(target, lookup=True, **kw)}

@@ -308,10 +308,12 @@ def test_prefill_equals_single_decodes(smollm2):
     for t in ids:
         steps.append(model.forward(np.array([t]), cache)[0])
         cache.tokens.append(int(t))
-    # Prefill runs the tiled matmul and decode the gemv kernels: different float orders, and
-    # K/V rounded to float16 from slightly different values compound over 30 layers. PoCL stays
-    # within 1e-4 of the largest logit, NVIDIA's OpenCL reached 3.5e-4; a real bug is O(1).
-    _close(np.array(steps), prefill, np.abs(prefill).max(), 1e-3)
+    # CPU devices run one barrier-free kernel for both: bit-identical (PoCL: 0). GPUs run the tiled
+    # matmul for prefill and gemv for decode, whose float orders differ, and K/V rounded to float16
+    # from slightly different values compound over 30 layers: NVIDIA's OpenCL on an H100 gave
+    # 3.5e-4 of the largest logit (before and after this session's kernel changes). A bug is O(1).
+    budget = 5e-4 if smollm2.backend.dev.tiled else 0.0
+    _close(np.array(steps), prefill, np.abs(prefill).max(), budget)
 
 
 def test_generation_through_reused_cache_equals_cold_run(smollm2):

@@ -164,7 +164,7 @@ class OpenCLBackend:
         if not self.dev.tiled:      # CPU devices: barrier-free kernel, any T
             self._run(f"matmul_rows_{w.kind}_f32", (w.n, -(-T // RB)), None, *args, np.int32(T))
         elif T <= GEMV_MAX_T:
-            rows = self.dev.gemv_rows
+            rows = self.dev.rows_of["gemv"]
             self._run(f"gemv_{w.kind}_f32", (-(-w.n // rows) * self.dev.ls, T), (self.dev.ls, 1), *args)
         else:
             g = (-(-w.n // TILE) * 16, -(-T // TILE) * 16)

@@ -165,11 +165,6 @@ class Device:
                  self.dev.global_mem_size >> 20, self.ls, self.att_ls)
 
     @property
-    def gemv_rows(self) -> int:
-        """Matrix rows per work-group of the gemv kernels."""
-        return self.ls // self.tpr * self.rpw
-
-    @property
     def rows_of(self) -> dict[str, int]:
         """Matrix rows per work-group of each gemv kernel family (gemv, gemv_add, gemv_norm, ...)."""
         return {fam: self.ls // self.tpr * rpw for fam, rpw in self.rpw_of.items()}

@@ -1,6 +1,7 @@
 """Kernel and end-to-end speed of the Numba CPU backend; prints markdown tables.
 
     python bench/bench_kernels.py [--threads N] [--quick]
+    python bench/bench_kernels.py --dense-rows    # float16 matmul (mul_dense) time against T rows
 
 Kernels: r8 quantized matmul per weight type and instruction set at SmolLM2 / 1.17B shapes,
 as GB/s of weight bytes read (decode, one row) and GFLOP/s (prefill, 64 rows). End to end:
@@ -121,12 +122,38 @@ def bench_startup(path: Path) -> None:
     print(f"| startup to first token, cold compile | {times[0]:.1f} s |\n| startup, warm (cache=True) | {times[1]:.1f} s |")
 
 
+def bench_dense_rows(rounds: int = 5) -> None:
+    """mul_dense over float16 weights of SmolLM2's shapes (30 layers and the head, 269 MB: far
+    beyond the caches) for T = 1..6 activation rows, the sizes a speculative verify runs: ms per
+    sweep and its ratio to T = 1. Rounds alternate the T values; medians."""
+    from localllm.kernels.ops import interleave_d8, mul_dense
+    rng = np.random.default_rng(0)
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)] * 30 + [(49152, 576)]
+    mats = [interleave_d8((rng.standard_normal((n, k)) * 0.05).astype(np.float16).view(np.uint16)) for n, k in shapes]
+    Ts = range(1, 7)
+    xs = {T: {k: rng.standard_normal((T, k)).astype(np.float32) for k in (576, 1536)} for T in Ts}
+    ys = {T: [np.zeros((T, m.shape[0] * 8), np.float32) for m in mats] for T in Ts}
+    ms: dict[int, list[float]] = {T: [] for T in Ts}
+    for _ in range(rounds):
+        for T in Ts:
+            t = time.perf_counter()
+            for m, (_, k), y in zip(mats, shapes, ys[T]):
+                mul_dense(m, xs[T][k], y)
+            ms[T].append((time.perf_counter() - t) * 1e3)
+    print("| rows T | ms per sweep (269 MB of float16) | / T = 1 |\n|---|---|---|")
+    for T in Ts:
+        print(f"| {T} | {np.median(ms[T]):.2f} | {np.median(ms[T]) / np.median(ms[1]):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     ap.add_argument("--quick", action="store_true", help="two matmul shapes, no startup timing")
+    ap.add_argument("--dense-rows", action="store_true", help="only the float16 matmul against T rows")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
+    if args.dense_rows:
+        return bench_dense_rows()
     print(f"threads={args.threads} isas={available_isas()}\n")
     bench_matmul(args.quick)
     print("\n| model | decode tok/s | prefill tok/s (128) |\n|---|---|---|")

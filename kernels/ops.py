@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .simd import f16_to_f32, fma_f32, hsum_f32, load_f32x16, load_w16, scale_at, zero_f32
+from .simd import f16_to_f32, fma_f32, hsum_f32, load_f32x16, load_w16, prefetch_l2, scale_at, zero_f32
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -42,32 +42,50 @@ def deinterleave_d8(p: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 @njit(inline="always")
-def _d8_pair(w, x, y, g, t0, t1, kc, k):
-    """y[t0 and t1, g*8 .. g*8+8] = x[t0], x[t1] . the group's 8 rows (16 accumulators; each
-    converted weight vector feeds both rows). t1 == t0 is allowed: an odd last row."""
+def _prefetch_chunk(w, pn, c):
+    """The four cache lines of chunk c of the group at offset pn (none when pn < 0)."""
+    if pn >= 0:
+        o = pn + c * D8 * DC
+        prefetch_l2(w, o)
+        prefetch_l2(w, o + 32)
+        prefetch_l2(w, o + 64)
+        prefetch_l2(w, o + 96)
+
+
+@njit(inline="always")
+def _d8_rows(w, x, y, g, t, R, kc, k, pn):
+    """y[t..t+R, g*8 .. g*8+8] for R = 1 or 2 activation rows against the group's 8 weight rows
+    in one pass (8 or 16 accumulators; each converted weight vector feeds both rows). Chunk c of
+    the group at pn is prefetched alongside chunk c (see d8_groups)."""
     a0, a1, a2, a3 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     a4, a5, a6, a7 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     b0, b1, b2, b3 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     b4, b5, b6, b7 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     wo = g * w.shape[1]
     for c in range(kc):
-        xa, xb, o = load_f32x16(x, t0 * k + c * DC), load_f32x16(x, t1 * k + c * DC), wo + c * D8 * DC
+        xa, o = load_f32x16(x, t * k + c * DC), wo + c * D8 * DC
+        _prefetch_chunk(w, pn, c)
         w0, w1, w2, w3 = load_w16(w, o), load_w16(w, o + 16), load_w16(w, o + 32), load_w16(w, o + 48)
         a0, a1, a2, a3 = fma_f32(w0, xa, a0), fma_f32(w1, xa, a1), fma_f32(w2, xa, a2), fma_f32(w3, xa, a3)
-        b0, b1, b2, b3 = fma_f32(w0, xb, b0), fma_f32(w1, xb, b1), fma_f32(w2, xb, b2), fma_f32(w3, xb, b3)
+        if R > 1:
+            xb = load_f32x16(x, (t + 1) * k + c * DC)
+            b0, b1, b2, b3 = fma_f32(w0, xb, b0), fma_f32(w1, xb, b1), fma_f32(w2, xb, b2), fma_f32(w3, xb, b3)
         w4, w5, w6, w7 = load_w16(w, o + 64), load_w16(w, o + 80), load_w16(w, o + 96), load_w16(w, o + 112)
         a4, a5, a6, a7 = fma_f32(w4, xa, a4), fma_f32(w5, xa, a5), fma_f32(w6, xa, a6), fma_f32(w7, xa, a7)
-        b4, b5, b6, b7 = fma_f32(w4, xb, b4), fma_f32(w5, xb, b5), fma_f32(w6, xb, b6), fma_f32(w7, xb, b7)
+        if R > 1:
+            b4, b5, b6, b7 = fma_f32(w4, xb, b4), fma_f32(w5, xb, b5), fma_f32(w6, xb, b6), fma_f32(w7, xb, b7)
     r = g * D8
-    y[t0, r], y[t0, r + 1], y[t0, r + 2], y[t0, r + 3] = hsum_f32(a0), hsum_f32(a1), hsum_f32(a2), hsum_f32(a3)
-    y[t0, r + 4], y[t0, r + 5], y[t0, r + 6], y[t0, r + 7] = hsum_f32(a4), hsum_f32(a5), hsum_f32(a6), hsum_f32(a7)
-    y[t1, r], y[t1, r + 1], y[t1, r + 2], y[t1, r + 3] = hsum_f32(b0), hsum_f32(b1), hsum_f32(b2), hsum_f32(b3)
-    y[t1, r + 4], y[t1, r + 5], y[t1, r + 6], y[t1, r + 7] = hsum_f32(b4), hsum_f32(b5), hsum_f32(b6), hsum_f32(b7)
+    y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = hsum_f32(a0), hsum_f32(a1), hsum_f32(a2), hsum_f32(a3)
+    y[t, r + 4], y[t, r + 5], y[t, r + 6], y[t, r + 7] = hsum_f32(a4), hsum_f32(a5), hsum_f32(a6), hsum_f32(a7)
+    if R > 1:
+        y[t + 1, r], y[t + 1, r + 1], y[t + 1, r + 2], y[t + 1, r + 3] = hsum_f32(b0), hsum_f32(b1), hsum_f32(b2), hsum_f32(b3)
+        y[t + 1, r + 4], y[t + 1, r + 5], y[t + 1, r + 6], y[t + 1, r + 7] = hsum_f32(b4), hsum_f32(b5), hsum_f32(b6), hsum_f32(b7)
 
 
 @njit(inline="always")
-def _d8_tile(w, x, y, g, h, t, kc, k):
-    """y[t..t+4, rows 4h..4h+4 of group g]: 4 activation rows x 4 weight rows (16 accumulators)."""
+def _d8_tile(w, x, y, g, h, t, R, kc, k, pn):
+    """y[t..t+R, rows 4h..4h+4 of group g]: R <= 4 activation rows x 4 weight rows (up to 16
+    accumulators); prefetches as _d8_rows."""
     a00, a01, a02, a03 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     a10, a11, a12, a13 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
     a20, a21, a22, a23 = zero_f32(), zero_f32(), zero_f32(), zero_f32()
@@ -75,37 +93,57 @@ def _d8_tile(w, x, y, g, h, t, kc, k):
     wo, xo = g * w.shape[1] + h * 4 * DC, t * k
     for c in range(kc):
         o, xc = wo + c * D8 * DC, xo + c * DC
+        _prefetch_chunk(w, pn, c)
         w0, w1, w2, w3 = load_w16(w, o), load_w16(w, o + 16), load_w16(w, o + 32), load_w16(w, o + 48)
         x0 = load_f32x16(x, xc)
         a00, a01, a02, a03 = fma_f32(w0, x0, a00), fma_f32(w1, x0, a01), fma_f32(w2, x0, a02), fma_f32(w3, x0, a03)
-        x1 = load_f32x16(x, xc + k)
-        a10, a11, a12, a13 = fma_f32(w0, x1, a10), fma_f32(w1, x1, a11), fma_f32(w2, x1, a12), fma_f32(w3, x1, a13)
-        x2 = load_f32x16(x, xc + 2 * k)
-        a20, a21, a22, a23 = fma_f32(w0, x2, a20), fma_f32(w1, x2, a21), fma_f32(w2, x2, a22), fma_f32(w3, x2, a23)
-        x3 = load_f32x16(x, xc + 3 * k)
-        a30, a31, a32, a33 = fma_f32(w0, x3, a30), fma_f32(w1, x3, a31), fma_f32(w2, x3, a32), fma_f32(w3, x3, a33)
+        if R > 1:
+            x1 = load_f32x16(x, xc + k)
+            a10, a11, a12, a13 = fma_f32(w0, x1, a10), fma_f32(w1, x1, a11), fma_f32(w2, x1, a12), fma_f32(w3, x1, a13)
+        if R > 2:
+            x2 = load_f32x16(x, xc + 2 * k)
+            a20, a21, a22, a23 = fma_f32(w0, x2, a20), fma_f32(w1, x2, a21), fma_f32(w2, x2, a22), fma_f32(w3, x2, a23)
+        if R > 3:
+            x3 = load_f32x16(x, xc + 3 * k)
+            a30, a31, a32, a33 = fma_f32(w0, x3, a30), fma_f32(w1, x3, a31), fma_f32(w2, x3, a32), fma_f32(w3, x3, a33)
     r = g * D8 + h * 4
     y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = hsum_f32(a00), hsum_f32(a01), hsum_f32(a02), hsum_f32(a03)
-    y[t + 1, r], y[t + 1, r + 1], y[t + 1, r + 2], y[t + 1, r + 3] = hsum_f32(a10), hsum_f32(a11), hsum_f32(a12), hsum_f32(a13)
-    y[t + 2, r], y[t + 2, r + 1], y[t + 2, r + 2], y[t + 2, r + 3] = hsum_f32(a20), hsum_f32(a21), hsum_f32(a22), hsum_f32(a23)
-    y[t + 3, r], y[t + 3, r + 1], y[t + 3, r + 2], y[t + 3, r + 3] = hsum_f32(a30), hsum_f32(a31), hsum_f32(a32), hsum_f32(a33)
+    if R > 1:
+        y[t + 1, r], y[t + 1, r + 1], y[t + 1, r + 2], y[t + 1, r + 3] = hsum_f32(a10), hsum_f32(a11), hsum_f32(a12), hsum_f32(a13)
+    if R > 2:
+        y[t + 2, r], y[t + 2, r + 1], y[t + 2, r + 2], y[t + 2, r + 3] = hsum_f32(a20), hsum_f32(a21), hsum_f32(a22), hsum_f32(a23)
+    if R > 3:
+        y[t + 3, r], y[t + 3, r + 1], y[t + 3, r + 2], y[t + 3, r + 3] = hsum_f32(a30), hsum_f32(a31), hsum_f32(a32), hsum_f32(a33)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
 def d8_groups(w, x, g0, g1, y):
     """y[:, g*8 .. g*8+8] for the groups g0 <= g < g1 (serial): per group, 4 activation rows x 4
-    weight rows per pass, then the last T % 4 rows two at a time against all 8 weight rows (the
-    group is in L1/L2 by then). x float32 [T, k] C-contiguous. A called function, not inlined:
-    the fused step calls it from six places, and inlining it there quadrupled its compile time."""
+    weight rows per pass; the last T % 4 rows: 3 the same way, 1 or 2 against all 8 weight rows in
+    one pass. Every (row, weight row) sum is accumulated in the same order whatever T is, so a
+    batch's rows equal single-row products bit for bit. x float32 [T, k] C-contiguous. A called
+    function, not inlined: the fused step calls it from six places, and inlining it there
+    quadrupled its compile time.
+
+    With T > 2 a group takes several passes, and the later ones read the cache: DRAM would sit
+    idle through them (the hardware prefetcher follows the stream only while it is read), and
+    the passes' arithmetic would add to the stream's time instead of hiding under it. So every
+    pass also requests the next group's lines into L2, a chunk per chunk (SmolLM2 F16's weights,
+    T = 4: 1.36x the time of T = 1 before, 1.03x after; T = 5: 1.82x, 1.17x: bench_kernels.py --dense-rows).
+    One pass (T <= 2) is the stream itself."""
     T, k = x.shape[0], x.shape[1]
     kc = k // DC
-    T4 = T - T % 4
+    T4, rest = T - T % 4, T % 4
     for g in range(g0, g1):
+        pn = (g + 1) * w.shape[1] if T > 2 and g + 1 < w.shape[0] else -1
         for t in range(0, T4, 4):
-            _d8_tile(w, x, y, g, 0, t, kc, k)
-            _d8_tile(w, x, y, g, 1, t, kc, k)
-        for t in range(T4, T, 2):
-            _d8_pair(w, x, y, g, t, min(t + 1, T - 1), kc, k)
+            _d8_tile(w, x, y, g, 0, t, 4, kc, k, pn)
+            _d8_tile(w, x, y, g, 1, t, 4, kc, k, pn)
+        if rest == 3:
+            _d8_tile(w, x, y, g, 0, T4, 3, kc, k, pn)
+            _d8_tile(w, x, y, g, 1, T4, 3, kc, k, pn)
+        elif rest:
+            _d8_rows(w, x, y, g, T4, rest, kc, k, pn)
         if kc * DC < k:                              # the last, partial chunk (weights zero-padded)
             o = g * w.shape[1] + kc * D8 * DC
             for t in range(T):

@@ -250,6 +250,18 @@ def scale_at(typingctx, arr, i):
     return types.float32(arr, i), codegen
 
 
+@intrinsic
+def prefetch_l2(typingctx, arr, offset):
+    """Ask for the cache line holding arr.flat[offset] to be brought into L2 (x86 prefetcht1,
+    AArch64 prfm pldl2keep); no fault, no result. For a stream the hardware prefetcher cannot
+    see coming: the next group while this one is re-read from cache (kernels.ops.d8_groups)."""
+    def codegen(ctx, b, sig, args):
+        p = _ptr(ctx, b, sig.args[0], args[0], args[1], ir.IntType(8))
+        _intr(b, "llvm.prefetch.p0", ir.VoidType(), [p, _I32(0), _I32(2), _I32(1)])   # read, locality 2, data
+        return ctx.get_dummy_value()
+    return types.none(arr, offset), codegen
+
+
 # --- thread synchronisation inside one parallel region (kernels.fused) ---------------------------
 @intrinsic
 def atomic_add_i64(typingctx, arr, idx, val):

@@ -109,7 +109,8 @@ def test_mul_r8_rows_beyond_padding_are_zero():
 
 # --- float kernels --------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("T,n,k", [(1, 45, 70), (3, 45, 70), (5, 64, 576), (9, 13, 10), (4, 8, 32), (13, 24, 48)])
+@pytest.mark.parametrize("T,n,k", [(1, 45, 70), (2, 45, 70), (3, 45, 70), (5, 64, 576), (6, 40, 96), (7, 64, 576),
+                                   (9, 13, 10), (4, 8, 32), (13, 24, 48)])
 def test_mul_dense(dtype, T, n, k):
     """d8 matmul vs numpy on odd shapes: rows not a multiple of 8, columns not of 16, T around the
     4-row tile; float32 accumulation in another order: error budget 1e-4 relative + absolute."""
@@ -120,6 +121,21 @@ def test_mul_dense(dtype, T, n, k):
     ops.mul_dense(p, x, y)
     np.testing.assert_allclose(y[:, :n], x @ w.astype(np.float32).T, rtol=1e-4, atol=1e-4)
     assert np.all(y[:, n:] == 0)                                   # padding rows
+
+
+@pytest.mark.parametrize("T", [2, 3, 4, 5, 6, 7])
+def test_mul_dense_rows_equal_single_rows(T):
+    """Each row of a T-row product equals the one-row product bit for bit (same summation order
+    in every tile shape): what lets a speculative verify reproduce plain decoding exactly."""
+    rng = np.random.default_rng(3)
+    w, x = rng.standard_normal((40, 96)).astype(np.float16), rng.standard_normal((T, 96)).astype(np.float32)
+    p = ops.interleave_d8(w.view(np.uint16))
+    y = np.zeros((T, 40), np.float32)
+    ops.mul_dense(p, x, y)
+    for t in range(T):
+        y1 = np.zeros((1, 40), np.float32)
+        ops.mul_dense(p, np.ascontiguousarray(x[t:t + 1]), y1)
+        np.testing.assert_array_equal(y[t], y1[0])
 
 
 def test_d8_rows_round_trip():

@@ -4,7 +4,7 @@ One source per algorithm, compiled per (weight encoding, instruction set) by `ke
   _mm_r8_groups  zmm-shaped, serial over a range of 8-row groups: per 32-column block, four
                  `dot_u8s8` (u8 weights x broadcast int8 activations) give int32 per lane, then
                  lane += d_w*d_x*dot + m_w*s_x in float32. Batches hold 2 groups x 4
-                 activation rows in registers; the rows left (all, below 4) one accumulator each. The fused step calls it
+                 activation rows in registers; the rows left (all, below 4) go two at a time. The fused step calls it
                  directly; `_mul_par` runs it over parallel tasks (so does the q6 kernel).
   _mul_r8_plain  the portable twin: plain integer loops over the same layout (and the oracle the
                  SIMD builds are tested against).
@@ -81,21 +81,31 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y):
             store_pair_sums(y, (t0 + 1) * ny + (g + 1) * R, a11)
             store_pair_sums(y, (t0 + 2) * ny + (g + 1) * R, a12)
             store_pair_sums(y, (t0 + 3) * ny + (g + 1) * R, a13)
-    for g in range(g0, g1):                     # the rows no tile took (all of them below 4 rows):
-        for t in range(T4 if g < g2 else 0, T):  # one register accumulator per row, the group in L1
-            a = zero_f32()
+    for g in range(g0, g1):                     # the rows no tile took (all of them below 4 rows), two
+        for t in range(T4 if g < g2 else 0, T, 2):  # at a time: each unpacked block feeds both
+            two = t + 1 < T
+            a, a2 = zero_f32(), zero_f32()
             for b in range(nb):
                 c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
                 dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
                 mw = offsets(m, g * m.shape[1] + b * R, dw)
-                xo = t * k + b * QK
-                dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
-                dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
-                dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
-                dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-                a = fma_f32(mw, splat_f32(xs[t, b]), a)
-                a = fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
+                a = _row_step(xq, xd, xs, t, k, b, c0, c1, c2, c3, dw, mw, a)
+                if two:
+                    a2 = _row_step(xq, xd, xs, t + 1, k, b, c0, c1, c2, c3, dw, mw, a2)
             store_pair_sums(y, t * ny + g * R, a)
+            if two:
+                store_pair_sums(y, (t + 1) * ny + g * R, a2)
+
+
+def _row_step(xq, xd, xs, t, k, b, c0, c1, c2, c3, dw, mw, a):
+    """One block of one activation row against one group. Global bound per build: dot_u8s8."""
+    xo = t * k + b * QK
+    dot = dot_u8s8(zero_i32(), c0, bcast8_i8x64(xq, xo))
+    dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
+    dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
+    dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
+    a = fma_f32(mw, splat_f32(xs[t, b]), a)
+    return fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
 
 
 def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a0, a1):
@@ -247,6 +257,7 @@ def r8_groups(kind: str, isa: str, wide: bool, zero: int = 0) -> Callable:
     offsets = bind_inline(_offsets_from_d, f"z{zero}", MZERO=np.float32(-zero)) if zero else _offsets_stored
     return specialize(_mm_r8_groups, _suffix(kind, isa, wide, zero), parallel=False, dot_u8s8=dot,
                       _tile_step=bind_inline(_tile_step, f"{isa}{'_wide' if wide else ''}", dot_u8s8=dot),
+                      _row_step=bind_inline(_row_step, f"{isa}{'_wide' if wide else ''}", dot_u8s8=dot),
                       unpack=_unpack_u4 if kind == U4 else _unpack_u8, offsets=offsets,
                       BLOCK_BYTES=QK * R // 2 if kind == U4 else QK * R)
 

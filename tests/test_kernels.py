@@ -29,7 +29,7 @@ from conftest import assert_close_to_llama_cpp, closeness
 
 R8_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K]
 ISAS = [PORTABLE, AVX2, VNNI]
-SHAPES = [(1, 37, 96), (5, 8, 32), (3, 67, 256), (9, 16, 544)]   # (T, rows, cols): odd rows, k % 256 != 0
+SHAPES = [(1, 37, 96), (2, 24, 256), (5, 8, 32), (3, 67, 256), (6, 40, 512), (9, 16, 544)]   # (T, rows, cols): odd rows, k % 256 != 0
 
 
 def _isa(isa: str) -> str:

@@ -144,7 +144,7 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
             int i = 0;
             for (; i + 16 <= dk; i += 16) {        // 16 halfs loaded before the first fma
                 float4 kv[4];
-                for (int u = 0; u < 4; u++) kv[u] = vload_half4(u, kr + i);
+                load_h16(kr + i, kv);
                 for (int u = 0; u < 4; u++) dotp = dot4_fma(vload4(u, qs + i), kv[u], dotp);
             }
             for (; i + 4 <= dk; i += 4) dotp = dot4_fma(vload4(0, qs + i), vload_half4(0, kr + i), dotp);

@@ -75,6 +75,36 @@ inline float4 load4(const int wt, WARGS, size_t row, int e, int k)
     return wt == W_Q4_0 ? d * (q - 8.0f) : d * q + vload_half(blk, wm);
 }
 
+// Activation loads: vloadn of a float or half pointer compiles to n scalar loads on NVIDIA's
+// OpenCL (it may not assume more than the element's alignment), which matters where a lane's
+// loads are far apart (each then touches a sector of its own). These take one 16-byte load per
+// 16 bytes where p is 16-byte aligned (a quantized row's activations and norm weights, the KV
+// cache's rows always are), else vloadn; the same values either way.
+inline float4 load_f4(__global const float *p)
+{
+    return ((size_t)p & 15) == 0 ? *(__global const float4 *)p : vload4(0, p);
+}
+
+inline float8 load_f8(__global const float *p)
+{
+    if (((size_t)p & 15) == 0) {
+        __global const float4 *v = (__global const float4 *)p;
+        return (float8)(v[0], v[1]);
+    }
+    return vload8(0, p);
+}
+
+// Sixteen halfs at p as four float4 (v[0] = p[0..3], ...).
+inline void load_h16(__global const half *p, float4 *v)
+{
+    if (((size_t)p & 15) == 0) {
+        uint4 raw[2] = {((__global const uint4 *)p)[0], ((__global const uint4 *)p)[1]};
+        for (int u = 0; u < 4; u++) v[u] = vload_half4(u, (const __private half *)raw);
+    } else {
+        for (int u = 0; u < 4; u++) v[u] = vload_half4(u, p);
+    }
+}
+
 // Sum over the LS lanes of a work-group; every lane gets the total. Two folds with three barriers
 // (a tree takes log2(LS)): LS/8 lanes each sum 8 values at a stride of LS/8, then every lane
 // sums those LS/8 sums itself, in the same order, so all lanes hold the same float.
@@ -102,9 +132,14 @@ inline float group_sum(__local float *part, float v)
 inline float sum_squares(__global const float *x, int d, __local float *part)
 {
     float ss = 0.0f;
-    int d4 = d / 4 * 4;
-    for (int i = get_local_id(0) * 4; i < d4; i += LS * 4) {
-        float4 v = vload4(0, x + i);
+    int d4 = d / 4 * 4, i = get_local_id(0) * 4;
+    for (; i + 3 * LS * 4 < d4; i += 4 * LS * 4) {    // four loads in flight, then their sums in order
+        float4 v[4];
+        for (int u = 0; u < 4; u++) v[u] = load_f4(x + i + u * LS * 4);
+        for (int u = 0; u < 4; u++) ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+    }
+    for (; i < d4; i += LS * 4) {
+        float4 v = load_f4(x + i);
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
     for (int i = d4 + get_local_id(0); i < d; i += LS)

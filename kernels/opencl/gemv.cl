@@ -155,10 +155,10 @@ inline unit_t unit_load3(const int wt, WARGS, __global const uchar *bq, __global
 // it) when nw is non-null.
 #define UNIT_X(wt, u) \
     int o = unit_x(wt, u), o2 = o + second_half(wt); \
-    float8 xa = vload8(0, x + o), xb = vload8(0, x + o2); \
+    float8 xa = load_f8(x + o), xb = load_f8(x + o2); \
     if (nw) { \
-        xa = xa * inv * vload8(0, nw + o); \
-        xb = xb * inv * vload8(0, nw + o2); \
+        xa = xa * inv * load_f8(nw + o); \
+        xb = xb * inv * load_f8(nw + o2); \
     }
 
 // This lane's shares of the dot products of rows row0..row0+rpw-1 with x, into acc. The rows

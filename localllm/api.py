@@ -21,7 +21,7 @@ from .gguf_file import GGUFFile
 from .kv_cache import PrefixCache
 from .sampler import Sampler, SamplingParams
 from .session import load_session, model_fingerprint, save_session
-from .speculative import AdaptiveK, DraftModel, PromptLookup, speculative_ids
+from .speculative import DRAFT_K, DRAFT_P_MIN, DRAFT_VOCAB, AdaptiveK, DraftModel, PromptLookup, speculative_ids
 from .tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ class LLM:
         self.last_stats: dict[str, Any] = {}
         self.draft: LLM | None = None       # speculative decoding: a draft model, or
         self.lookup = False                 # prompt-lookup drafting (n-grams of the context)
-        self.draft_k, self.spec_auto = 4, False
-        self.draft_p_min = 0.75             # drafting stops where the draft's top probability is lower
+        self.draft_k, self.spec_auto = DRAFT_K, False
+        self.draft_p_min = DRAFT_P_MIN      # drafting stops where the draft's confidence in its draft is lower
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.kv_type = "f16"
 
@@ -149,10 +149,12 @@ class LLM:
             return generate_ids(seq, ids, sampler, max_tokens, eog, stats)
         if self.draft is not None:
             draft_params = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + 1})
-            drafter = DraftModel(self.draft._sequence(), Sampler(draft_params), self.draft_p_min)
+            drafter = DraftModel(self.draft._sequence(), Sampler(draft_params), self.n_vocab, self.draft_p_min)
         else:
             drafter = PromptLookup()
-        policy = AdaptiveK(self.draft_k, auto=self.spec_auto)
+        # a draft model pays a forward per drafted token, so k stays at most draft_k; lookup drafts
+        # cost nothing to make, and k may grow while they are accepted
+        policy = AdaptiveK(self.draft_k, k_max=self.draft_k if self.draft is not None else 12, auto=self.spec_auto)
         return speculative_ids(seq, drafter, ids, sampler, max_tokens, eog, stats, policy)
 
     def chat_tokens(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
@@ -258,15 +260,18 @@ class LLM:
 def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
          threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
          kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
-         draft_k: int = 4, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
-         kv_type: str = "f16", device: str | int | None = None, draft_p_min: float = 0.75) -> LLM:
+         draft_k: int = DRAFT_K, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
+         kv_type: str = "f16", device: str | int | None = None, draft_p_min: float = DRAFT_P_MIN,
+         draft_vocab: int = DRAFT_VOCAB) -> LLM:
     """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
     cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template.
     draft: a smaller model with the same vocabulary for speculative decoding; lookup: draft from
     n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low;
-    draft_p_min: the draft stops proposing where its top token's probability is below this.
+    draft_k: the most tokens a draft model proposes per round (lookup: the first rounds' count);
+    draft_p_min: the draft stops once its probability of its whole draft is below this;
+    draft_vocab: the draft computes logits for the first this many token ids only (0: all).
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
     kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
     device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
@@ -287,6 +292,9 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
         if llm.draft.gguf.metadata.get(key) != llm.gguf.metadata.get(key):
             raise LocalLLMError(f"draft model {Path(str(draft)).name} has a different vocabulary from "
                                 f"{llm.path.name}: speculative decoding needs identical tokens")
+        if draft_vocab < 0:
+            raise LocalLLMError(f"draft_vocab must be 0 (the whole vocabulary) or positive, not {draft_vocab}")
+        llm.draft.model.limit_output(draft_vocab)
     if not 0.0 <= draft_p_min <= 1.0:
         raise LocalLLMError(f"draft_p_min must be between 0 and 1, not {draft_p_min}")
     llm.lookup, llm.draft_k, llm.spec_auto, llm.draft_p_min = lookup, draft_k, spec_auto, draft_p_min

@@ -13,6 +13,7 @@ import click
 
 from .cli_common import _guard
 from .errors import LocalLLMError
+from .speculative import DRAFT_K, DRAFT_P_MIN, DRAFT_VOCAB
 
 
 @click.group()
@@ -59,14 +60,17 @@ def sampling_options(fn):
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--draft", default=None, help="Draft model (same vocabulary) for speculative decoding.")
 @click.option("--lookup", is_flag=True, help="Speculative decoding with drafts from n-grams of the context.")
-@click.option("--draft-k", type=int, default=4, show_default=True, help="Initial tokens per draft (adapts).")
-@click.option("--draft-p-min", type=float, default=0.75, show_default=True,
-              help="The draft stops where its top token's probability is below this.")
+@click.option("--draft-k", type=int, default=DRAFT_K, show_default=True,
+              help="Most tokens a draft model proposes per round (lookup: to start with; adapts).")
+@click.option("--draft-p-min", type=float, default=DRAFT_P_MIN, show_default=True,
+              help="The draft stops once its probability of its whole draft is below this.")
+@click.option("--draft-vocab", type=int, default=DRAFT_VOCAB, show_default=True,
+              help="The draft scores the first N token ids only (0: all).")
 @click.option("--spec-auto", is_flag=True, help="Turn speculation off when its acceptance rate is too low.")
 @sampling_options
 @_guard
 def run(model, prompt, max_tokens, system, n_ctx, threads, backend, device, kv_type, chat_template_file, stop, draft,
-        lookup, draft_k, draft_p_min, spec_auto, **sampling):
+        lookup, draft_k, draft_p_min, draft_vocab, spec_auto, **sampling):
     """Chat with MODEL (a .gguf path or a catalog name), or complete -p TEXT."""
     from . import load
     try:
@@ -74,8 +78,8 @@ def run(model, prompt, max_tokens, system, n_ctx, threads, backend, device, kv_t
     except OSError as e:
         raise LocalLLMError(f"cannot read chat template {chat_template_file}: {e.strerror}") from None
     llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template, draft=draft,
-               lookup=lookup, draft_k=draft_k, draft_p_min=draft_p_min, spec_auto=spec_auto, device=device,
-               kv_type=kv_type)
+               lookup=lookup, draft_k=draft_k, draft_p_min=draft_p_min, draft_vocab=draft_vocab, spec_auto=spec_auto,
+               device=device, kv_type=kv_type)
     if prompt is not None:
         _complete(llm, prompt, -1 if max_tokens is None else max_tokens, list(stop), sampling)
     else:

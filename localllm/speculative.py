@@ -19,6 +19,15 @@ from .generator import Sequence, Stats
 from .sampler import Sampler
 
 
+# Defaults (localllm.load, `localllm run`), measured with bench/bench_speculative.py: a draft
+# model's forward costs ~0.3-0.45 of the target's, so rounds stay short (the verify of up to four
+# tokens costs about one target step, more beyond); the draft's head is cut to the first
+# DRAFT_VOCAB ids, the frequent ones in BPE and SentencePiece vocabularies (FR-Spec).
+DRAFT_K = 3          # tokens a draft model proposes per round at most (lookup: to start with)
+DRAFT_P_MIN = 0.5    # drafting stops once the draft's probability of its whole draft is lower
+DRAFT_VOCAB = 16384  # rows of the draft's output head (0: all)
+
+
 class Drafter(Protocol):
     def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
         """Up to k tokens continuing `history`, with the distribution each was drawn from
@@ -27,33 +36,43 @@ class Drafter(Protocol):
 
 class DraftModel:
     """A smaller model with the same vocabulary, run through its own KV cache. Drafting stops
-    where the draft is unsure of its next token (softmax probability of its top token below
-    p_min, as llama.cpp's speculative decoding does): such a token is likely rejected, and
-    drafting it would cost a draft step for nothing. The stop depends on the draft's own logits
-    only, so the acceptance rule stays exact."""
+    once the draft is unsure the chain so far survives: when the product of its probabilities
+    for the tokens drafted this round falls below p_min (cf. llama.cpp's per-token p_min). The
+    test comes before the next draft step, so no step is spent on logits that are then not used.
+    It depends on the draft's own logits only, so the acceptance rule stays exact."""
 
-    def __init__(self, seq: Sequence, sampler: Sampler, p_min: float = 0.75) -> None:
-        self.seq, self.sampler, self.p_min = seq, sampler, p_min
+    def __init__(self, seq: Sequence, sampler: Sampler, n_vocab: int, p_min: float = DRAFT_P_MIN) -> None:
+        self.seq, self.sampler, self.n_vocab, self.p_min = seq, sampler, n_vocab, p_min
+
+    def _full(self, logits: np.ndarray) -> np.ndarray:
+        """[n_vocab] logits; the rows a trimmed head (Model.limit_output) skips read -inf."""
+        if len(logits) == self.n_vocab:
+            return logits
+        full = np.full(self.n_vocab, -np.inf, dtype=np.float32)
+        full[:len(logits)] = logits
+        return full
 
     def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
         k = min(k, self.seq.n_ctx - len(history))
         if k <= 0:
             return [], []
-        logits = self.seq.eval_prompt(history, Stats())   # reuses the prefix its cache holds
+        logits = self._full(self.seq.eval_prompt(history, Stats()))   # reuses the prefix its cache holds
         tokens: list[int] = []
         dists: list[np.ndarray | None] = []
+        chain = 1.0                                        # the draft's probability of the whole draft
         for i in range(k):
-            if self.p_min > 0 and 1.0 / np.exp(logits - logits.max()).sum() < self.p_min:
-                break                                      # the top token's probability is below p_min
             if self.sampler.greedy:                        # a deterministic proposal: q is one-hot
                 tokens.append(self.sampler(logits, history + tokens))
                 dists.append(None)
+                chain /= np.exp(logits - logits[tokens[-1]]).sum()
             else:
                 q = self.sampler.distribution(logits, history + tokens)
                 tokens.append(self.sampler.draw(q))
                 dists.append(q)
-            if i + 1 < k:
-                logits = self.seq.step(tokens[-1])
+                chain *= q[tokens[-1]]
+            if i + 1 == k or chain < self.p_min:
+                break
+            logits = self._full(self.seq.step(tokens[-1]))
         return tokens, dists
 
 
@@ -99,7 +118,7 @@ class AdaptiveK:
     """Grows k while drafts are fully accepted, shrinks it after early rejections; with `auto`,
     turns speculation off when acceptance is too low to pay for the drafting."""
 
-    def __init__(self, k: int = 4, k_max: int = 12, auto: bool = False) -> None:
+    def __init__(self, k: int = DRAFT_K, k_max: int = 12, auto: bool = False) -> None:
         self.k, self.k_max, self.auto = k, k_max, auto
         self.proposed = self.accepted = self.rounds = 0
         self.enabled = True

@@ -8,7 +8,7 @@ from conftest import load_reference
 import localllm
 from localllm.models import make_random_gguf
 from localllm.sampler import Sampler, SamplingParams
-from localllm.speculative import accept_or_resample
+from localllm.speculative import DraftModel, accept_or_resample
 
 SHAPE = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=256, seed=5)
 
@@ -53,19 +53,46 @@ def test_greedy_speculation_on_reference_prompts(smollm2_path):
 
 
 def test_draft_stops_where_it_is_unsure(tiny_files, smollm2_path):
-    """p_min gates drafting on the draft's own confidence: random weights are never sure (no
-    drafts at 0.75), SmolLM2 drafting itself is often sure; the output is plain greedy's either way."""
+    """p_min gates drafting on the draft's probability of its whole draft, tested before each
+    further draft step: random weights are never sure (one token per round at 0.5, k at 0);
+    SmolLM2 drafting itself is often sure; the output is plain greedy's either way."""
     target, draft = tiny_files
-    plain, gated = localllm.load(target), localllm.load(target, draft=draft)
+    llm = localllm.load(draft)
+    greedy = Sampler(SamplingParams(temperature=0))
+    ids = llm.tokenize(PROMPTS[0])
+    assert len(DraftModel(llm._sequence(), greedy, llm.n_vocab, p_min=0.5).propose(ids, 4)[0]) == 1
+    assert len(DraftModel(llm._sequence(), greedy, llm.n_vocab, p_min=0.0).propose(ids, 4)[0]) == 4
+    plain, gated = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.5)
     want = "".join(plain.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0))
     assert "".join(gated.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0)) == want
-    assert gated.last_stats.get("draft_proposed", 0) == 0
     real = localllm.load(smollm2_path, n_ctx=512, draft=smollm2_path, draft_p_min=0.5)
     plain = localllm.load(smollm2_path, n_ctx=512)
     prompt = "The capital of France is"
     want = "".join(plain.generate(prompt, max_tokens=24, temperature=0))
     assert "".join(real.generate(prompt, max_tokens=24, temperature=0)) == want
     assert 0 < real.last_stats["draft_proposed"] == real.last_stats["draft_accepted"]
+
+
+def test_trimmed_draft_head(tiny_files):
+    """draft_vocab: the draft's forward computes the first N logits only (the same values as the
+    whole head's first N), its proposals never lie beyond them, and greedy output is unchanged."""
+    target, draft = tiny_files
+    whole, spec = localllm.load(draft), localllm.load(target, draft=draft, draft_vocab=200, draft_p_min=0.0)
+    ids = np.asarray(whole.tokenize(PROMPTS[1]))
+    full = whole._sequence().model.forward(ids, whole._sequence().cache, all_logits=True)             # [T, 659]
+    cut = spec.draft._sequence().model.forward(ids, spec.draft._sequence().cache, all_logits=True)    # [T, 200]
+    assert full.shape[1] == whole.n_vocab and cut.shape == (len(ids), 200)
+    np.testing.assert_array_equal(cut, full[:, :200])
+    spec.draft.reset()
+    tokens, _ = DraftModel(spec.draft._sequence(), Sampler(SamplingParams(temperature=0)), spec.n_vocab, 0.0).propose(
+        ids.tolist(), 4)
+    assert len(tokens) == 4 and max(tokens) < 200
+    plain = localllm.load(target)
+    for prompt in PROMPTS:
+        want = "".join(plain.generate(prompt, max_tokens=24, temperature=0, min_p=0))
+        assert "".join(spec.generate(prompt, max_tokens=24, temperature=0, min_p=0)) == want, prompt
+    with pytest.raises(localllm.LocalLLMError, match="draft_vocab"):
+        localllm.load(target, draft=draft, draft_vocab=-1)
 
 
 def test_acceptance_rule_preserves_target_distribution():
@@ -85,10 +112,11 @@ def test_acceptance_rule_preserves_target_distribution():
 
 def test_sampled_speculation_matches_plain_distribution(tiny_files):
     """End to end with temperature: the first two generated tokens (the second one drafted and
-    verified) follow the same distribution with a different-model draft as without: total
-    variation over 400 seeded runs each, on a support of at most 16 pairs."""
+    verified) follow the same distribution with a different-model draft, its head cut to the
+    first 300 ids, as without: total variation over 400 seeded runs each, on a support of at
+    most 16 pairs."""
     target, draft = tiny_files
-    plain, spec = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.0)
+    plain, spec = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.0, draft_vocab=300)
     ids = plain.tokenize("the cat", add_bos=False)
     kw = dict(max_tokens=2, temperature=1.0, top_k=4, top_p=1.0, min_p=0.0)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backend.base import Backend
 from ..errors import GGUFError, UnsupportedModelError
-from ..gguf_file import GGUFFile
+from ..gguf_file import GGUFFile, Tensor
 
 
 @dataclass
@@ -98,6 +98,8 @@ class Model:
                 raise UnsupportedModelError(f"{name}: {reason}")
             self.weights[name] = backend.upload(tensor)
         self.layers = [self._layer(i) for i in range(cfg.n_layers)]
+        self._head_tensor = gguf.tensors.get("output.weight") or gguf.tensors.get("token_embd.weight")
+        self._head: Any = None     # limit_output's trimmed head
 
     def _layer(self, i: int) -> SimpleNamespace:
         """blk.i.attn_q.weight -> layers[i].attn_q (attribute named like the GGUF tensor)."""
@@ -110,8 +112,20 @@ class Model:
 
     def output_weight(self) -> Any:
         """The output projection, tied to the embedding table when the file has none."""
+        if self._head is not None:
+            return self._head
         out = self.w("output")
         return out if out is not None else self.w("token_embd")
+
+    def limit_output(self, rows: int) -> None:
+        """Compute logits for the first `rows` vocabulary entries only: forward returns [T, rows].
+        For a draft model (as FR-Spec does): its head is a third of a small model's bytes, and the
+        low ids of BPE and SentencePiece vocabularies are the frequent tokens. Call it before the
+        first forward (a backend may compile its plan then)."""
+        t = self._head_tensor
+        if t is None or not 0 < rows < t.shape[0]:
+            return
+        self._head = self.ops.upload(Tensor(t.name, t.type, (rows,) + tuple(t.shape[1:]), t.data[:rows]))
 
     def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
         """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""

@@ -21,7 +21,8 @@ from .gguf_file import GGUFFile
 from .kv_cache import PrefixCache
 from .sampler import Sampler, SamplingParams
 from .session import load_session, model_fingerprint, save_session
-from .speculative import DRAFT_K, DRAFT_P_MIN, DRAFT_VOCAB, AdaptiveK, DraftModel, PromptLookup, speculative_ids
+from .speculative import (DRAFT_K, DRAFT_P_MIN, AdaptiveK, DraftModel, PromptLookup, default_draft_vocab,
+                          speculative_ids)
 from .tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
          kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
          draft_k: int = DRAFT_K, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
          kv_type: str = "f16", device: str | int | None = None, draft_p_min: float = DRAFT_P_MIN,
-         draft_vocab: int = DRAFT_VOCAB) -> LLM:
+         draft_vocab: int | None = None) -> LLM:
     """Open a GGUF (a path, or a catalog name such as "smollm2-135m", fetched if missing).
 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
@@ -271,7 +272,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low;
     draft_k: the most tokens a draft model proposes per round (lookup: the first rounds' count);
     draft_p_min: the draft stops once its probability of its whole draft is below this;
-    draft_vocab: the draft computes logits for the first this many token ids only (0: all).
+    draft_vocab: the draft computes logits for the first this many token ids only (0: all; None:
+    16384 for GPT-2-style BPE vocabularies, whose low ids are the frequent tokens, else all).
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
     kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
     device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
@@ -292,6 +294,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
         if llm.draft.gguf.metadata.get(key) != llm.gguf.metadata.get(key):
             raise LocalLLMError(f"draft model {Path(str(draft)).name} has a different vocabulary from "
                                 f"{llm.path.name}: speculative decoding needs identical tokens")
+        if draft_vocab is None:
+            draft_vocab = default_draft_vocab(llm.draft.gguf.metadata.get("tokenizer.ggml.model"))
         if draft_vocab < 0:
             raise LocalLLMError(f"draft_vocab must be 0 (the whole vocabulary) or positive, not {draft_vocab}")
         llm.draft.model.limit_output(draft_vocab)

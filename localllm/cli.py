@@ -13,7 +13,7 @@ import click
 
 from .cli_common import _guard
 from .errors import LocalLLMError
-from .speculative import DRAFT_K, DRAFT_P_MIN, DRAFT_VOCAB
+from .speculative import DRAFT_K, DRAFT_P_MIN
 
 
 @click.group()
@@ -64,8 +64,8 @@ def sampling_options(fn):
               help="Most tokens a draft model proposes per round (lookup: to start with; adapts).")
 @click.option("--draft-p-min", type=float, default=DRAFT_P_MIN, show_default=True,
               help="The draft stops once its probability of its whole draft is below this.")
-@click.option("--draft-vocab", type=int, default=DRAFT_VOCAB, show_default=True,
-              help="The draft scores the first N token ids only (0: all).")
+@click.option("--draft-vocab", type=int, default=None,
+              help="The draft scores the first N token ids only (0: all; default 16384 for BPE vocabularies, else all).")
 @click.option("--spec-auto", is_flag=True, help="Turn speculation off when its acceptance rate is too low.")
 @sampling_options
 @_guard

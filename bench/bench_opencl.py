@@ -3,7 +3,8 @@ memory-bandwidth roofline.
 
 Reports: decode tok/s, prefill tok/s, kernel launches per decoded token, the bandwidth the
 backend's copy kernel reaches (bytes read + written per second), and the fraction of it decode
-reaches (device bytes of the weights read per token x tok/s / bandwidth).
+reaches (device bytes of the weights read per token x tok/s / bandwidth); on NVIDIA's OpenCL
+also a decode step's host enqueue time against its GPU time (which of the two sets the pace).
 
     python bench/bench_opencl.py MODEL.gguf -n 128 -p 512 --device 0
     python bench/bench_opencl.py --synthetic Q4_0 --json     # llama-shaped 1.17B, random weights
@@ -70,6 +71,55 @@ def bench_decode(model, n: int) -> tuple[float, float, float]:
     return n / dt, (be.launches - launches) / n, (be.writes - writes) / n
 
 
+# NVIDIA only (inline PTX): a kernel that keeps the GPU busy while the host enqueues, and one that
+# writes the GPU's clock, so that a step's kernels run back to back and their time can be read.
+STEP_PROBE = """
+__kernel void spin(__global float *a, int n)
+{ float s = a[0]; for (int i = 0; i < n; i++) s = s * 0.999f + 1.0f; if (s == 12345.0f) a[1] = s; }
+__kernel void stamp(__global ulong *t, int i)
+{ ulong v; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v)); t[i] = v; }
+"""
+
+
+def step_split(model, reps: int = 5) -> tuple[float, float]:
+    """(host us, GPU us) of one replayed decode step: the time its launches take to enqueue, and
+    the time the GPU takes to run them back to back (NVIDIA's OpenCL only). A step is host-bound
+    when the first exceeds the second."""
+    import ctypes
+    import pyopencl as cl
+    from localllm.backend.opencl import replay
+    be, cache = model.ops, _cache(model, 16)
+    for t in range(3):                              # records, then replays
+        model.forward(np.array([t + 1]), cache)
+        cache.tokens.append(t + 1)
+    plan = next(iter(be._plans[cache].values()))
+    prg = cl.Program(be.dev.ctx, STEP_PROBE).build()
+    buf = cl.Buffer(be.dev.ctx, cl.mem_flags.READ_WRITE, 64)
+    spin, t0k, t1k = cl.Kernel(prg, "spin"), cl.Kernel(prg, "stamp"), cl.Kernel(prg, "stamp")
+    spin.set_args(buf, np.int32(3_000_000))
+    t0k.set_args(buf, np.int32(0))
+    t1k.set_args(buf, np.int32(1))
+    one = (ctypes.c_size_t * 1)(1)
+
+    def raw(k):
+        return (ctypes.c_void_p(be.queue.int_ptr), ctypes.c_void_p(k.int_ptr), ctypes.c_uint(1), None, one, one,
+                ctypes.c_uint(0), None, None)
+    enqueue, steps, host, gpu = replay._ENQUEUE[0], plan._raw, [], []
+    for _ in range(reps):
+        be.queue.finish()
+        for args in (raw(spin), raw(t0k)):
+            enqueue(*args)
+        t = time.perf_counter()
+        for args in steps:
+            enqueue(*args)
+        host.append(time.perf_counter() - t)
+        enqueue(*raw(t1k))
+        stamps = np.empty(2, np.uint64)
+        cl.enqueue_copy(be.queue, stamps, buf, is_blocking=True)
+        gpu.append((int(stamps[1]) - int(stamps[0])) / 1e9)
+    return 1e6 * min(host), 1e6 * min(gpu)
+
+
 def run(path: Path, n: int, p: int, reps: int) -> dict:
     import localllm
 
@@ -79,7 +129,8 @@ def run(path: Path, n: int, p: int, reps: int) -> dict:
     prefill_tps = bench_prefill(model, p, reps)
     decode_tps, launches, writes = bench_decode(model, n)
     wbytes = weight_bytes_per_token(model)
-    return {"model": path.name, "device": be.dev.name, "decode_tok_s": decode_tps, "prefill_tok_s": prefill_tps,
+    host_us, gpu_us = step_split(model) if "NVIDIA" in be.dev.dev.platform.name else (None, None)
+    return {"step_host_us": host_us, "step_gpu_us": gpu_us,"model": path.name, "device": be.dev.name, "decode_tok_s": decode_tps, "prefill_tok_s": prefill_tps,
             "launches_per_token": launches, "writes_per_token": writes, "weight_bytes_per_token": wbytes,
             "copy_bandwidth_gb_s": bandwidth / 1e9, "decode_gb_s": wbytes * decode_tps / 1e9,
             "roofline_fraction": wbytes * decode_tps / bandwidth, "n": n, "p": p}
@@ -95,6 +146,8 @@ def table(r: dict) -> str:
             ("copy-kernel bandwidth", f"{r['copy_bandwidth_gb_s']:.1f} GB/s"),
             ("decode weight traffic", f"{r['decode_gb_s']:.1f} GB/s"),
             ("fraction of roofline", f"{100 * r['roofline_fraction']:.1f}%")]
+    if r["step_gpu_us"] is not None:
+        rows += [("step: host enqueue / GPU", f"{r['step_host_us']:.0f} / {r['step_gpu_us']:.0f} us")]
     return "\n".join(["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 

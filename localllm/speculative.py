@@ -22,7 +22,7 @@ from .sampler import Sampler
 # Defaults (localllm.load, `localllm run`), measured with bench/bench_speculative.py: a draft
 # model's forward costs ~0.3-0.45 of the target's, so rounds stay short (the verify of up to four
 # tokens costs about one target step, more beyond).
-DRAFT_K = 3          # tokens a draft model proposes per round at most (lookup: to start with)
+DRAFT_K = 2          # tokens a draft model proposes per round at most (lookup: to start with)
 DRAFT_P_MIN = 0.5    # drafting stops once the draft's probability of its whole draft is lower
 # The draft's output head cut to the first ids (FR-Spec): a small model's head is a third of its
 # bytes (SmolLM2), and in GPT-2-style BPE vocabularies the ids are merge ranks, frequent first

@@ -47,8 +47,7 @@ __kernel void rope_qk_kv_store_f32(__global const float *q, __global const float
 // the caches at positions pos[0].. (rows of nb = hkv*d halfs in kc, nc = hkv*dv in vc). The same
 // float32 operations as gemv3, then rope_f32 and kv_store_f16. Launch as gemv3.
 #define GEMV3_ROPE_KV(NAME, WT) \
-__kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
-                   __global const uchar *cq, __global const half *cd, __global const half *cm, \
+__kernel void NAME(WKARGS(w), WKARGS(b), WKARGS(c), \
                    __global const float *x, __global const float *nw, float eps, __global float *yq, \
                    __global const int *pos, __global const float *freq, __global half *kc, __global half *vc, \
                    int na, int nb, int nc, int k, int d, int n_rot, float freq_scale) \

@@ -32,6 +32,15 @@
 #define WARGS __global const uchar *wq, __global const half *wd, __global const half *wm
 #define WPASS wq, wd, wm
 
+// A matrix p as kernel arguments: one buffer, p##q, holding the quants (or values), then the
+// scales at byte offset p##d_off and the minima at p##m_off (weights.py; offsets of kinds without
+// them are unused). One buffer argument per matrix rather than three: NVIDIA's OpenCL spends ~0.4
+// us of host time per buffer argument of every enqueue and little per scalar. WUNPACK(p), first
+// in the kernel, names the scales p##d and minima p##m.
+#define WKARGS(p) __global const uchar *p##q, long p##d_off, long p##m_off
+#define WUNPACK(p) __global const half *p##d = (__global const half *)(p##q + p##d_off), \
+                                        *p##m = (__global const half *)(p##q + p##m_off)
+
 // One element w[row, e] (embedding lookups: speed does not matter there).
 inline float load1(const int wt, WARGS, size_t row, int e, int k)
 {

@@ -306,8 +306,8 @@ inline void gemv(const int wt, WARGS, __global const float *x, __global const fl
 // Launch of every gemv kernel: global (ceil(rows / (LS/TPR*rpw)) * LS, T), local (LS, 1), with
 // the kernel family's rows per team rpw: RPW, RPW_ADD (gemv_add), RPW_NORM (gemv_norm).
 #define GEMV(NAME, WT) \
-__kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k) \
-{ __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, 0, y, n, k, part, RPW); }
+__kernel void NAME(WKARGS(w), __global const float *x, __global float *y, int n, int k) \
+{ WUNPACK(w); __local float part[RPW * LS]; gemv(WT, WPASS, x, 0, 0.0f, 0, y, n, k, part, RPW); }
 
 GEMV(gemv_q4_0_f32, W_Q4_0)
 GEMV(gemv_q4_1_f32, W_Q4_1)
@@ -321,8 +321,8 @@ GEMV(gemv_f32_f32, W_F32)
 
 // y = res + W x (a residual add).
 #define GEMV_ADD(NAME, WT) \
-__kernel void NAME(WARGS, __global const float *x, __global const float *res, __global float *y, int n, int k) \
-{ __local float part[RPW_ADD * LS]; gemv(WT, WPASS, x, 0, 0.0f, res, y, n, k, part, RPW_ADD); }
+__kernel void NAME(WKARGS(w), __global const float *x, __global const float *res, __global float *y, int n, int k) \
+{ WUNPACK(w); __local float part[RPW_ADD * LS]; gemv(WT, WPASS, x, 0, 0.0f, res, y, n, k, part, RPW_ADD); }
 
 GEMV_ADD(gemv_add_q4_0_f32, W_Q4_0)
 GEMV_ADD(gemv_add_q4_1_f32, W_Q4_1)
@@ -332,9 +332,9 @@ GEMV_ADD(gemv_add_f32_f32, W_F32)
 
 // y = W rms_norm(x, nw) (the output head after the final norm).
 #define GEMV_NORM(NAME, WT) \
-__kernel void NAME(WARGS, __global const float *x, __global const float *nw, float eps, __global float *y, \
+__kernel void NAME(WKARGS(w), __global const float *x, __global const float *nw, float eps, __global float *y, \
                    int n, int k) \
-{ __local float part[RPW_NORM * LS]; gemv(WT, WPASS, x, nw, eps, 0, y, n, k, part, RPW_NORM); }
+{ WUNPACK(w); __local float part[RPW_NORM * LS]; gemv(WT, WPASS, x, nw, eps, 0, y, n, k, part, RPW_NORM); }
 
 GEMV_NORM(gemv_norm_q4_0_f32, W_Q4_0)
 GEMV_NORM(gemv_norm_q4_1_f32, W_Q4_1)
@@ -345,9 +345,11 @@ GEMV_NORM(gemv_norm_f32_f32, W_F32)
 // y = silu(Wg h) * (Wu h), h = x or rms_norm(x, nw): the gate and up products and SwiGLU.
 // Wg, Wu [n, k] of one kind.
 #define GEMV_SWIGLU(NAME, WT) \
-__kernel void NAME(WARGS, __global const uchar *uq, __global const half *ud, __global const half *um, \
+__kernel void NAME(WKARGS(w), WKARGS(u), \
                    __global const float *x, __global const float *nw, float eps, __global float *y, int n, int k) \
 { \
+    WUNPACK(w); \
+    WUNPACK(u); \
     __local float part[2 * RPW * LS]; \
     GEMV_ROWS(RPW); \
     float gu[2 * RPW]; \
@@ -372,6 +374,9 @@ GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
 // acc[r]: row row0 + r of A|B|C times h, summed over the team (whole in lane 0); shared with
 // gemv3_rope_kv (attention.cl).
 #define GEMV3_ACC(WT) \
+    WUNPACK(w); \
+    WUNPACK(b); \
+    WUNPACK(c); \
     __local float part[RPW * LS]; \
     GEMV_ROWS(RPW); \
     float acc[RPW]; \
@@ -380,8 +385,7 @@ GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
     rows_total(part, acc, RPW)
 
 #define GEMV3(NAME, WT) \
-__kernel void NAME(WARGS, __global const uchar *bq, __global const half *bd, __global const half *bm, \
-                   __global const uchar *cq, __global const half *cd, __global const half *cm, \
+__kernel void NAME(WKARGS(w), WKARGS(b), WKARGS(c), \
                    __global const float *x, __global const float *nw, float eps, \
                    __global float *ya, __global float *yb, __global float *yc, int na, int nb, int nc, int k) \
 { \
@@ -428,8 +432,8 @@ inline void matmul_rows(const int wt, WARGS, __global const float *x, __global f
 }
 
 #define MATMUL_ROWS(NAME, WT) \
-__kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k, int T) \
-{ matmul_rows(WT, WPASS, x, y, n, k, T); }
+__kernel void NAME(WKARGS(w), __global const float *x, __global float *y, int n, int k, int T) \
+{ WUNPACK(w); matmul_rows(WT, WPASS, x, y, n, k, T); }
 
 MATMUL_ROWS(matmul_rows_q4_0_f32, W_Q4_0)
 MATMUL_ROWS(matmul_rows_q4_1_f32, W_Q4_1)

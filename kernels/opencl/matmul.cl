@@ -35,8 +35,9 @@ inline void matmul_tiled(const int wt, WARGS, __global const float *x, __global 
 }
 
 #define MATMUL(NAME, WT) \
-__kernel void NAME(WARGS, __global const float *x, __global float *y, int n, int k, int T) \
+__kernel void NAME(WKARGS(w), __global const float *x, __global float *y, int n, int k, int T) \
 { \
+    WUNPACK(w); \
     __local float ws[TILE][TILE + 1], xs[TILE][TILE + 1]; \
     matmul_tiled(WT, WPASS, x, y, n, k, T, ws, xs); \
 }
@@ -49,8 +50,9 @@ MATMUL(matmul_f32_f32, W_F32)
 
 // Embedding lookup: y[t, e] = w[ids[t], e]. Launch: global (k, T).
 #define GET_ROWS(NAME, WT) \
-__kernel void NAME(WARGS, __global const int *ids, __global float *y, int k) \
+__kernel void NAME(WKARGS(w), __global const int *ids, __global float *y, int k) \
 { \
+    WUNPACK(w); \
     int e = get_global_id(0), t = get_global_id(1); \
     if (e < k) y[(size_t)t * k + e] = load1(WT, WPASS, ids[t], e, k); \
 }

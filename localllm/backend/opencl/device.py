@@ -217,7 +217,7 @@ class Device:
             raise OpenCLError(f"{what}: allocating {nbytes >> 20} MiB on {self.name} failed ({e})") from None
 
 
-SCALAR_DTYPES = {"int": "int32", "float": "float32"}
+SCALAR_DTYPES = {"int": "int32", "long": "int64", "float": "float32"}
 
 
 def _declare_scalars(kernel: Any) -> None:

@@ -27,9 +27,9 @@ class DeviceWeight:
     kind: str      # "q4_0" | "q4_1" | "q8_0" | "f16" | "f32": selects gemv_/matmul_/get_rows_ kernels
     n: int
     k: int
-    q: Any         # quants [n, k/2] u8 (q4), [n, k] i8 (q8), or the values [n, k] f16 / f32
-    d: Any         # block scales [n, k/32] f16 (None for float kinds: a null kernel argument)
-    m: Any         # block minima [n, k/32] f16 (q4_1 only, else None)
+    q: Any         # one buffer: quants [n, k/2] u8 (q4), [n, k] i8 (q8), or the values [n, k] f16 / f32,
+    d: Any         # then block scales [n, k/32] f16 at byte offset d (np.int64; 0 for float kinds),
+    m: Any         # and block minima [n, k/32] f16 at byte offset m (q4_1 only, else 0)
     nbytes: int    # device bytes
 
 
@@ -83,16 +83,25 @@ def _q5_0_as_q8_0(tensor: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return q8.view(np.uint8).reshape(n, k), d
 
 
+ALIGN = 256   # byte alignment of the scales and minima within a weight's buffer
+
+
 def upload(dev: Device, tensor: Tensor, name: str = "") -> DeviceWeight:
-    """Copy a matrix to the device in its kernels' layout."""
+    """Copy a matrix to the device in its kernels' layout: its parts in one buffer (common.cl's
+    WKARGS: NVIDIA's OpenCL spends ~0.4 us of host time per buffer argument of every kernel
+    enqueue, and a matrix is then one buffer and two offsets)."""
     kind, q, d, m = host_layout(tensor)
     n, k = tensor.shape
-    what = f"weight {name or tensor.type.name} [{n}, {k}]"
-    # unused scale/min arguments are null pointers (NVIDIA's OpenCL spends ~0.35 us of host time
-    # per buffer argument of every kernel enqueue; a null one costs about what a scalar does)
-    bufs = [None if a is None else dev.buffer(a.nbytes, what, np.ascontiguousarray(a)) for a in (q, d, m)]
-    nbytes = sum(a.nbytes for a in (q, d, m) if a is not None)
-    return DeviceWeight(kind, n, k, *bufs, nbytes)
+    parts, offsets, at = [], [], 0
+    for a in (q, d, m):
+        offsets.append(at if a is not None else 0)
+        if a is not None:
+            raw = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+            parts.append(np.pad(raw, (0, -raw.size % ALIGN)))
+            at += parts[-1].size
+    host = np.concatenate(parts)
+    buf = dev.buffer(host.nbytes, f"weight {name or tensor.type.name} [{n}, {k}]", host)
+    return DeviceWeight(kind, n, k, buf, np.int64(offsets[1]), np.int64(offsets[2]), host.nbytes)
 
 
 def decline_reason(tensor: Tensor) -> str | None:

@@ -74,7 +74,8 @@ def step_costs(target, draft, threads: int) -> None:
     kw = dict(n_ctx=2048, threads=threads, prefix_cache_bytes=0)
     print("| model | tokens per forward | ms | target steps |")
     print("| --- | --- | --- | --- |")
-    llms = {"target F16": localllm.load(target, **kw), "draft Q4_0": localllm.load(draft, **kw)}
+    spec = localllm.load(target, draft=draft, **kw)          # the draft as speculation runs it (head cut)
+    llms = {"target F16": spec, "draft Q4_0": spec.draft}
     step = forward_ms(llms["target F16"], CODE_PROMPT, 1)
     for name, llm in llms.items():
         for T in ((1,) if name.startswith("draft") else (1, 2, 3, 4, 5)):

@@ -20,8 +20,8 @@ from .sampler import Sampler
 
 
 # Defaults (localllm.load, `localllm run`), measured with bench/bench_speculative.py: a draft
-# model's forward costs ~0.3-0.45 of the target's, so rounds stay short (the verify of up to four
-# tokens costs about one target step, more beyond).
+# model's forward costs ~0.3-0.45 of the target's, so rounds stay short (verifying 2 or 3 tokens
+# costs about one target step, 4 tokens 1.2 steps, 5 tokens 1.3: `--steps`).
 DRAFT_K = 2          # tokens a draft model proposes per round at most (lookup: to start with)
 DRAFT_P_MIN = 0.5    # drafting stops once the draft's probability of its whole draft is lower
 # The draft's output head cut to the first ids (FR-Spec): a small model's head is a third of its

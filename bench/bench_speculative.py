@@ -1,6 +1,8 @@
 """Speculative decoding speed-ups, greedy, measured alternately in one run:
 
-  * draft model: SmolLM2-135M F16 as target, its Q4_0 as draft, on a code-writing prompt;
+  * draft model: SmolLM2-135M F16 as target, its Q4_0 as draft, on a code-writing prompt (as
+    `load(draft=)` runs it by default: prompt lookup where the context repeats, the draft
+    elsewhere; and the draft alone);
   * prompt lookup: the same target on a "rewrite this code with one change" prompt.
 
     python bench/bench_speculative.py [--tokens 128] [--rounds 5] [--draft-k K --draft-p-min P --draft-vocab N]
@@ -100,8 +102,9 @@ def main() -> None:
     spec_kw = {k: v for k, v in (("draft_k", args.draft_k), ("draft_p_min", args.draft_p_min),
                                  ("draft_vocab", args.draft_vocab)) if v is not None}
     runs = {"plain": localllm.load(target, **kw), "draft Q4_0": localllm.load(target, draft=draft, **kw, **spec_kw),
+            "draft Q4_0, no lookup": localllm.load(target, draft=draft, lookup=False, **kw, **spec_kw),
             "lookup": localllm.load(target, lookup=True, **kw)}
-    cases = [("code (draft model)", CODE_PROMPT, ["plain", "draft Q4_0"]),
+    cases = [("code (draft model)", CODE_PROMPT, ["plain", "draft Q4_0", "draft Q4_0, no lookup"]),
              ("rewrite (prompt lookup)", REWRITE_PROMPT, ["plain", "lookup"])]
     print("| prompt | mode | tok/s (median) | speed-up (median of rounds) | acceptance | same text as plain |")
     print("| --- | --- | --- | --- | --- | --- |")

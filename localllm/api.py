@@ -21,8 +21,8 @@ from .gguf_file import GGUFFile
 from .kv_cache import PrefixCache
 from .sampler import Sampler, SamplingParams
 from .session import load_session, model_fingerprint, save_session
-from .speculative import (DRAFT_K, DRAFT_P_MIN, AdaptiveK, DraftModel, PromptLookup, default_draft_vocab,
-                          speculative_ids)
+from .speculative import (DRAFT_K, DRAFT_P_MIN, AdaptiveK, DraftModel, LookupThenDraft, PromptLookup,
+                          default_draft_vocab, speculative_ids)
 from .tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ class LLM:
         if self.draft is not None:
             draft_params = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + 1})
             drafter = DraftModel(self.draft._sequence(), Sampler(draft_params), self.n_vocab, self.draft_p_min)
+            if self.lookup:
+                drafter = LookupThenDraft(drafter)
         else:
             drafter = PromptLookup()
         # a draft model pays a forward per drafted token, so k stays at most draft_k; lookup drafts
@@ -260,7 +262,7 @@ class LLM:
 
 def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
          threads: int | None = None, vocab_only: bool = False, chat_template: str | None = None,
-         kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool = False,
+         kv_budget: int | None = None, draft: str | os.PathLike[str] | None = None, lookup: bool | None = None,
          draft_k: int = DRAFT_K, spec_auto: bool = False, prefix_cache_bytes: int = 256 << 20,
          kv_type: str = "f16", device: str | int | None = None, draft_p_min: float = DRAFT_P_MIN,
          draft_vocab: int | None = None) -> LLM:
@@ -269,7 +271,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     n_ctx: context length; default the model's trained length capped by `kv_budget` bytes of KV
     cache (default 1 GiB, or $LOCALLLM_KV_BUDGET). chat_template: overrides the file's template.
     draft: a smaller model with the same vocabulary for speculative decoding; lookup: draft from
-    n-grams of the context instead; spec_auto: turn speculation off when acceptance is too low;
+    n-grams of the context (alone, or with a draft model where the context repeats itself; None:
+    on with a draft model, else off); spec_auto: turn speculation off when acceptance is too low;
     draft_k: the most tokens a draft model proposes per round (lookup: the first rounds' count);
     draft_p_min: the draft stops once its probability of its whole draft is below this;
     draft_vocab: the draft computes logits for the first this many token ids only (0: all; None:
@@ -301,6 +304,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
         llm.draft.model.limit_output(draft_vocab)
     if not 0.0 <= draft_p_min <= 1.0:
         raise LocalLLMError(f"draft_p_min must be between 0 and 1, not {draft_p_min}")
+    if lookup is None:
+        lookup = draft is not None
     llm.lookup, llm.draft_k, llm.spec_auto, llm.draft_p_min = lookup, draft_k, spec_auto, draft_p_min
     return llm
 

@@ -59,7 +59,9 @@ def sampling_options(fn):
               help="Jinja file replacing the model's chat template.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--draft", default=None, help="Draft model (same vocabulary) for speculative decoding.")
-@click.option("--lookup", is_flag=True, help="Speculative decoding with drafts from n-grams of the context.")
+@click.option("--lookup/--no-lookup", default=None,
+              help="Drafts from n-grams of the context (alone, or with --draft where the context repeats; "
+                   "default: on with --draft).")
 @click.option("--draft-k", type=int, default=DRAFT_K, show_default=True,
               help="Most tokens a draft model proposes per round (lookup: to start with; adapts).")
 @click.option("--draft-p-min", type=float, default=DRAFT_P_MIN, show_default=True,

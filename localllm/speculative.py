@@ -31,6 +31,10 @@ DRAFT_P_MIN = 0.5    # drafting stops once the draft's probability of its whole 
 DRAFT_VOCAB_BPE = 16384
 
 
+LOOKUP_NGRAM = 3     # with a draft model: a match of the last 3 tokens proposes lookup tokens
+LOOKUP_K = 4         # ... at most 4 of them (shorter n-grams matched too often in the wrong place)
+
+
 def default_draft_vocab(tokenizer_model: str | None) -> int:
     """Rows of the draft's head to keep by default (0: all) for a GGUF tokenizer.ggml.model."""
     return DRAFT_VOCAB_BPE if tokenizer_model == "gpt2" else 0
@@ -102,6 +106,21 @@ class PromptLookup:
                 if draft:
                     return draft, [None] * len(draft)
         return [], []
+
+
+class LookupThenDraft:
+    """Prompt lookup where the context repeats itself, the draft model elsewhere: a lookup draft
+    costs no forward at all, so where the last LOOKUP_NGRAM tokens occurred before, what followed
+    them is proposed (up to LOOKUP_K tokens) and the draft model is not run. Its cache catches up
+    on the skipped tokens in one batch the next time it drafts. (SmolLM2 F16 with its Q4_0 draft
+    on the code prompt: ~0.1x more speed-up than the draft alone; bench_speculative.py.)"""
+
+    def __init__(self, draft: DraftModel) -> None:
+        self.draft, self.lookup = draft, PromptLookup(max_ngram=LOOKUP_NGRAM, min_ngram=LOOKUP_NGRAM)
+
+    def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
+        tokens, dists = self.lookup.propose(history, LOOKUP_K)
+        return (tokens, dists) if tokens else self.draft.propose(history, k)
 
 
 def accept_or_resample(p: np.ndarray, q: np.ndarray | None, d: int, sampler: Sampler) -> tuple[bool, int]:

@@ -23,11 +23,12 @@ def tiny_files(tmp_path_factory):
 PROMPTS = ["the cat sat on the mat", "hello world, hello", "one two three one two"]
 
 
-@pytest.mark.parametrize("mode", ["self-draft", "other-draft", "lookup"])
+@pytest.mark.parametrize("mode", ["self-draft", "other-draft", "lookup", "other-draft+lookup"])
 def test_greedy_speculation_equals_plain_greedy(tiny_files, mode):
     target, draft = tiny_files
     plain = localllm.load(target)
-    spec = localllm.load(target, draft={"self-draft": target, "other-draft": draft}.get(mode), lookup=mode == "lookup",
+    spec = localllm.load(target, draft=target if mode == "self-draft" else draft if "draft" in mode else None,
+                         lookup="lookup" in mode,
                          draft_p_min=0.0)     # random weights: the draft is never sure (see the p_min test)
     for prompt in PROMPTS:
         want = "".join(plain.generate(prompt, max_tokens=24, temperature=0, min_p=0))
@@ -63,10 +64,10 @@ def test_draft_stops_where_it_is_unsure(tiny_files, smollm2_path):
     ids = llm.tokenize(PROMPTS[0])
     assert len(DraftModel(llm._sequence(), greedy, llm.n_vocab, p_min=0.5).propose(ids, 4)[0]) == 1
     assert len(DraftModel(llm._sequence(), greedy, llm.n_vocab, p_min=0.0).propose(ids, 4)[0]) == 4
-    plain, gated = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.5)
+    plain, gated = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.5, lookup=False)
     want = "".join(plain.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0))
     assert "".join(gated.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0)) == want
-    real = localllm.load(smollm2_path, n_ctx=512, draft=smollm2_path, draft_p_min=0.5)
+    real = localllm.load(smollm2_path, n_ctx=512, draft=smollm2_path, draft_p_min=0.5, lookup=False)
     plain = localllm.load(smollm2_path, n_ctx=512)
     prompt = "The capital of France is"
     want = "".join(plain.generate(prompt, max_tokens=24, temperature=0))

@@ -120,7 +120,7 @@ class Model:
     def limit_output(self, rows: int) -> None:
         """Compute logits for the first `rows` vocabulary entries only: forward returns [T, rows].
         For a draft model (as FR-Spec does): its head is a third of a small model's bytes, and the
-        low ids of BPE and SentencePiece vocabularies are the frequent tokens. Call it before the
+        low ids of GPT-2-style BPE vocabularies are the frequent tokens. Call it before the
         first forward (a backend may compile its plan then)."""
         t = self._head_tensor
         if t is None or not 0 < rows < t.shape[0]:

@@ -104,8 +104,7 @@ def _row_step(xq, xd, xs, t, k, b, c0, c1, c2, c3, dw, mw, a):
     dot = dot_u8s8(dot, c1, bcast8_i8x64(xq, xo + 8))
     dot = dot_u8s8(dot, c2, bcast8_i8x64(xq, xo + 16))
     dot = dot_u8s8(dot, c3, bcast8_i8x64(xq, xo + 24))
-    a = fma_f32(mw, splat_f32(xs[t, b]), a)
-    return fma_f32(to_f32(dot), mul_f32(dw, splat_f32(xd[t, b])), a)
+    return _acc_block(dot, dw, mw, splat_f32(xd[t, b]), splat_f32(xs[t, b]), a)
 
 
 def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw1, mw1, a0, a1):
@@ -115,9 +114,14 @@ def _tile_step(xq, xd, xs, t, k, b, p0, p1, p2, p3, q0, q1, q2, q3, dw0, mw0, dw
     e0 = dot_u8s8(dot_u8s8(dot_u8s8(dot_u8s8(zero_i32(), p0, x0), p1, x1), p2, x2), p3, x3)
     e1 = dot_u8s8(dot_u8s8(dot_u8s8(dot_u8s8(zero_i32(), q0, x0), q1, x1), q2, x2), q3, x3)
     sx, dx = splat_f32(xs[t, b]), splat_f32(xd[t, b])
-    a0 = fma_f32(to_f32(e0), mul_f32(dw0, dx), fma_f32(mw0, sx, a0))
-    a1 = fma_f32(to_f32(e1), mul_f32(dw1, dx), fma_f32(mw1, sx, a1))
-    return a0, a1
+    return _acc_block(e0, dw0, mw0, dx, sx, a0), _acc_block(e1, dw1, mw1, dx, sx, a1)
+
+
+@njit(inline="always")
+def _acc_block(dot, dw, mw, dx, sx, a):
+    """a + one block's d_w*d_x*dot + m_w*s_x per lane, in the one float order the tiles and the
+    row passes share (so a batch's rows equal single rows bit for bit)."""
+    return fma_f32(to_f32(dot), mul_f32(dw, dx), fma_f32(mw, sx, a))
 
 
 def _mul_r8_plain(qs, d, m, xq, xd, xs, y):

@@ -55,28 +55,30 @@ class DraftModel:
 
     def __init__(self, seq: Sequence, sampler: Sampler, n_vocab: int, p_min: float = DRAFT_P_MIN) -> None:
         self.seq, self.sampler, self.n_vocab, self.p_min = seq, sampler, n_vocab, p_min
+        self._padded = np.full(n_vocab, -np.inf, dtype=np.float32)   # [n_vocab], see _full
 
     def _full(self, logits: np.ndarray) -> np.ndarray:
-        """[n_vocab] logits; the rows a trimmed head (Model.limit_output) skips read -inf."""
+        """[n_vocab] logits; the ids a cut head (Model.limit_output) skips read -inf. One buffer,
+        rewritten each step: a step's logits are used before the next step's arrive."""
         if len(logits) == self.n_vocab:
             return logits
-        full = np.full(self.n_vocab, -np.inf, dtype=np.float32)
-        full[:len(logits)] = logits
-        return full
+        self._padded[:len(logits)] = logits
+        return self._padded
 
     def propose(self, history: list[int], k: int) -> tuple[list[int], list[np.ndarray | None]]:
         k = min(k, self.seq.n_ctx - len(history))
         if k <= 0:
             return [], []
-        logits = self._full(self.seq.eval_prompt(history, Stats()))   # reuses the prefix its cache holds
+        raw = self.seq.eval_prompt(history, Stats())      # reuses the prefix its cache holds
         tokens: list[int] = []
         dists: list[np.ndarray | None] = []
         chain = 1.0                                        # the draft's probability of the whole draft
         for i in range(k):
+            logits = self._full(raw)
             if self.sampler.greedy:                        # a deterministic proposal: q is one-hot
                 tokens.append(self.sampler(logits, history + tokens))
                 dists.append(None)
-                chain /= np.exp(logits - logits[tokens[-1]]).sum()
+                chain /= np.exp(raw - raw[tokens[-1]]).sum()   # the cut ids add nothing
             else:
                 q = self.sampler.distribution(logits, history + tokens)
                 tokens.append(self.sampler.draw(q))
@@ -84,7 +86,7 @@ class DraftModel:
                 chain *= q[tokens[-1]]
             if i + 1 == k or chain < self.p_min:
                 break
-            logits = self._full(self.seq.step(tokens[-1]))
+            raw = self.seq.step(tokens[-1])
         return tokens, dists
 
 

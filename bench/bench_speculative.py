@@ -7,6 +7,7 @@
 
     python bench/bench_speculative.py [--tokens 128] [--rounds 5] [--draft-k K --draft-p-min P --draft-vocab N]
     python bench/bench_speculative.py --steps     # what a draft step and a T-token verify cost
+    python bench/bench_speculative.py --coverage smollm2-135m gemma3-270m   # ids a cut draft head keeps
 
 The F16 and Q4_0 files are made once from the catalog's Q4_1 file with `localllm quantize`
 (into $LOCALLLM_HOME/synthetic/)."""
@@ -72,17 +73,40 @@ def forward_ms(llm, prompt: str, T: int, reps: int = 30) -> float:
     return best * 1e3
 
 
-def step_costs(target, draft, threads: int) -> None:
+def step_costs(target, draft, threads: int, spec_kw: dict) -> None:
     kw = dict(n_ctx=2048, threads=threads, prefix_cache_bytes=0)
     print("| model | tokens per forward | ms | target steps |")
     print("| --- | --- | --- | --- |")
-    spec = localllm.load(target, draft=draft, **kw)          # the draft as speculation runs it (head cut)
+    spec = localllm.load(target, draft=draft, **kw, **spec_kw)   # the draft as speculation runs it (head cut)
     llms = {"target F16": spec, "draft Q4_0": spec.draft}
     step = forward_ms(llms["target F16"], CODE_PROMPT, 1)
     for name, llm in llms.items():
         for T in ((1,) if name.startswith("draft") else (1, 2, 3, 4, 5)):
             ms = step if (name, T) == ("target F16", 1) else forward_ms(llm, CODE_PROMPT, T)
             print(f"| {name} | {T} | {ms:.2f} | {ms / step:.2f} |")
+
+
+COVERAGE_PROMPTS = ["Write a Python function that checks whether a string is a palindrome.",
+                    "Explain why the sky is blue in three sentences.",
+                    "Translate to French: the cat sleeps on the warm windowsill."]
+
+
+def vocab_coverage(models: list[str]) -> None:
+    """What share of the tokens of a model's generated text (greedy, 96 tokens per chat prompt,
+    the text tokenized again) lies within its first N token ids: how much a draft head cut to N
+    ids (draft_vocab) can still propose."""
+    cuts = (4096, 8192, 16384, 32768, 65536)
+    print("| model | tokenizer | vocabulary | tokens | " + " | ".join(f"ids < {n}" for n in cuts) + " |")
+    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in cuts) + " |")
+    for name in models:
+        llm = localllm.load(name, n_ctx=1024)
+        ids: list[int] = []
+        for p in COVERAGE_PROMPTS:
+            text = "".join(llm.generate(llm.chat_tokens([{"role": "user", "content": p}]), max_tokens=96, temperature=0))
+            ids += llm.tokenize(text, add_bos=False)
+        a = np.array(ids)
+        print(f"| {name} | {llm.gguf.metadata.get('tokenizer.ggml.model')} | {llm.n_vocab} | {len(a)} | "
+              + " | ".join(f"{(a < n).mean():.1%}" for n in cuts) + " |")
 
 
 def main() -> None:
@@ -94,20 +118,23 @@ def main() -> None:
     ap.add_argument("--draft-k", type=int, default=None, help="as localllm.load's draft_k (default: its default)")
     ap.add_argument("--draft-p-min", type=float, default=None)
     ap.add_argument("--draft-vocab", type=int, default=None)
+    ap.add_argument("--coverage", nargs="+", metavar="MODEL", help="only: generated tokens within the first N ids")
     args = ap.parse_args()
-    target, draft = variant("F16"), variant("Q4_0")
-    if args.steps:
-        return step_costs(target, draft, args.threads)
-    kw = dict(n_ctx=2048, threads=args.threads, prefix_cache_bytes=0)
+    if args.coverage:
+        return vocab_coverage(args.coverage)
     spec_kw = {k: v for k, v in (("draft_k", args.draft_k), ("draft_p_min", args.draft_p_min),
                                  ("draft_vocab", args.draft_vocab)) if v is not None}
+    target, draft = variant("F16"), variant("Q4_0")
+    if args.steps:
+        return step_costs(target, draft, args.threads, spec_kw)
+    kw = dict(n_ctx=2048, threads=args.threads, prefix_cache_bytes=0)
     runs = {"plain": localllm.load(target, **kw), "draft Q4_0": localllm.load(target, draft=draft, **kw, **spec_kw),
             "draft Q4_0, no lookup": localllm.load(target, draft=draft, lookup=False, **kw, **spec_kw),
             "lookup": localllm.load(target, lookup=True, **kw)}
     cases = [("code (draft model)", CODE_PROMPT, ["plain", "draft Q4_0", "draft Q4_0, no lookup"]),
              ("rewrite (prompt lookup)", REWRITE_PROMPT, ["plain", "lookup"])]
-    print("| prompt | mode | tok/s (median) | speed-up (median of rounds) | acceptance | same text as plain |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| prompt | mode | tok/s (median) | speed-up (median of rounds) | per round | acceptance | same text as plain |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, prompt, modes in cases:
         for mode in modes:                       # warm-up: JIT, caches
             timed(runs[mode], prompt, 8)
@@ -121,10 +148,12 @@ def main() -> None:
         base_text = last["plain"][0]
         for mode in modes:
             text, s = last[mode]
-            ratio = float(np.median(np.array(tps[mode]) / np.array(tps["plain"])))
+            ratios = np.array(tps[mode]) / np.array(tps["plain"])
+            rounds = " ".join(f"{r:.2f}" for r in ratios) if mode != "plain" else " ".join(f"{t:.0f}" for t in tps[mode])
             acc = (f"{s['draft_accepted']}/{s['draft_proposed']} ({s['draft_accepted'] / max(s['draft_proposed'], 1):.0%})"
                    if "draft_proposed" in s else "")
-            print(f"| {name} | {mode} | {np.median(tps[mode]):.1f} | {ratio:.2f}x | {acc} | {text == base_text} |")
+            print(f"| {name} | {mode} | {np.median(tps[mode]):.1f} | {np.median(ratios):.2f}x | {rounds} | {acc} | "
+                  f"{text == base_text} |")
 
 
 if __name__ == "__main__":

@@ -58,32 +58,38 @@ def timed(llm, prompt: str, n: int) -> tuple[float, str, dict]:
     return s["generated_tokens"] / (time.perf_counter() - t0 - s["prompt_ms"] / 1e3), text, s
 
 
-def forward_ms(llm, prompt: str, T: int, reps: int = 30) -> float:
-    """Best time of one T-token forward after `prompt` (a draft step: T = 1; a verify: 1 + k)."""
+def forward_ms(runs: list[tuple[str, object, int]], prompt: str, rounds: int = 25) -> dict[tuple[str, int], float]:
+    """Median time of one T-token forward after `prompt` for each (name, llm, T) of `runs` (a
+    draft step: T = 1; a verify: 1 + k). Every round takes them all in turn, as speculation
+    alternates the two models (so the draft finds the caches full of the target's weights),
+    and so that the machine's drifting memory speed moves all of them alike."""
     from localllm.generator import Stats
-    seq = llm._sequence()
-    seq.eval_prompt(llm.tokenize(prompt), Stats())
-    base, ids, best = seq.cache.offset, np.arange(100, 100 + T), float("inf")
-    for _ in range(reps):
-        seq.cache.trim(base)
-        t0 = time.perf_counter()
-        seq.model.forward(ids, seq.cache, all_logits=True)
-        best = min(best, time.perf_counter() - t0)
-        seq.cache.tokens.extend(ids.tolist())
-    return best * 1e3
+    bases = {}
+    for _, llm, _ in runs:
+        seq = llm._sequence()
+        seq.eval_prompt(llm.tokenize(prompt), Stats())
+        bases[id(llm)] = seq.cache.offset
+    times: dict[tuple[str, int], list[float]] = {(name, T): [] for name, _, T in runs}
+    for _ in range(rounds + 1):                            # the first round warms up
+        for name, llm, T in runs:
+            seq, ids = llm._sequence(), np.arange(100, 100 + T)
+            seq.cache.trim(bases[id(llm)])
+            t0 = time.perf_counter()
+            seq.model.forward(ids, seq.cache, all_logits=True)
+            times[name, T].append(time.perf_counter() - t0)
+            seq.cache.tokens.extend(ids.tolist())
+    return {key: float(np.median(t[1:])) * 1e3 for key, t in times.items()}
 
 
 def step_costs(target, draft, threads: int, spec_kw: dict) -> None:
     kw = dict(n_ctx=2048, threads=threads, prefix_cache_bytes=0)
-    print("| model | tokens per forward | ms | target steps |")
-    print("| --- | --- | --- | --- |")
     spec = localllm.load(target, draft=draft, **kw, **spec_kw)   # the draft as speculation runs it (head cut)
-    llms = {"target F16": spec, "draft Q4_0": spec.draft}
-    step = forward_ms(llms["target F16"], CODE_PROMPT, 1)
-    for name, llm in llms.items():
-        for T in ((1,) if name.startswith("draft") else (1, 2, 3, 4, 5)):
-            ms = step if (name, T) == ("target F16", 1) else forward_ms(llm, CODE_PROMPT, T)
-            print(f"| {name} | {T} | {ms:.2f} | {ms / step:.2f} |")
+    runs = [("target F16", spec, T) for T in (1, 2, 3, 4, 5)] + [("draft Q4_0", spec.draft, T) for T in (1, 2)]
+    ms = forward_ms(runs, CODE_PROMPT)
+    print("| model | tokens per forward | ms (median) | target steps |")
+    print("| --- | --- | --- | --- |")
+    for (name, T), t in ms.items():
+        print(f"| {name} | {T} | {t:.2f} | {t / ms['target F16', 1]:.2f} |")
 
 
 COVERAGE_PROMPTS = ["Write a Python function that checks whether a string is a palindrome.",

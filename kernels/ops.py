@@ -130,12 +130,13 @@ def d8_groups(w, x, g0, g1, y):
     the passes' arithmetic would add to the stream's time instead of hiding under it. So every
     pass also requests the next group's lines into L2, a chunk per chunk (SmolLM2 F16's weights,
     T = 4: 1.36x the time of T = 1 before, 1.03x after; T = 5: 1.82x, 1.17x: bench_kernels.py --dense-rows).
-    One pass (T <= 2) is the stream itself."""
+    A single pass does too: with two rows (16 accumulators) it kept DRAM waiting as well (the
+    fused F16 step at T = 2: 1.13-1.30x T = 1 before, 1.02-1.09x after; at T = 1 no change)."""
     T, k = x.shape[0], x.shape[1]
     kc = k // DC
     T4, rest = T - T % 4, T % 4
     for g in range(g0, g1):
-        pn = (g + 1) * w.shape[1] if T > 2 and g + 1 < w.shape[0] else -1
+        pn = (g + 1) * w.shape[1] if g + 1 < w.shape[0] else -1
         for t in range(0, T4, 4):
             _d8_tile(w, x, y, g, 0, t, 4, kc, k, pn)
             _d8_tile(w, x, y, g, 1, t, 4, kc, k, pn)

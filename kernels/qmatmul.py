@@ -86,7 +86,7 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y):
             two = t + 1 < T
             a, a2 = zero_f32(), zero_f32()
             for b in range(nb):
-                _prefetch_next(qs, d, m, g, b, BLOCK_BYTES)
+                _prefetch_ahead(qs, d, m, g, b, BLOCK_BYTES)
                 c0, c1, c2, c3 = unpack(qs, g * qs.shape[1] + b * BLOCK_BYTES)
                 dw = load_pairs_f32x16(d, g * d.shape[1] + b * R)
                 mw = offsets(m, g * m.shape[1] + b * R, dw)
@@ -99,20 +99,23 @@ def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y):
 
 
 @njit(inline="always")
-def _prefetch_next(qs, d, m, g, b, block_bytes):
-    """Request block b of group g + 1 into L2: its quant lines, and its scale (and minimum)
-    line where one starts. The row passes read a group's quants and scales as two streams of a
-    few KB; the hardware prefetcher alone left DRAM idle at their starts (SmolLM2 Q4_0's
-    layer matrices, one row, DRAM-resident: 15-22 -> 19-25 GB/s; its draft step between F16
-    target steps: 0.358 -> 0.342 target steps, median of five alternating runs; ad-hoc scripts)."""
-    if g + 1 < qs.shape[0]:
-        o = (g + 1) * qs.shape[1] + b * block_bytes
+def _prefetch_ahead(qs, d, m, g, b, block_bytes):
+    """Request block b of a group at least 4 KB ahead of group g into L2: its quant lines, and
+    its scale (and minimum) line where one starts. The row passes read a group's quants and
+    scales as two streams of a few KB; the hardware prefetcher alone left DRAM idle at their
+    starts (SmolLM2 Q4_0's layer matrices, one row, DRAM-resident: 15-22 -> 19-25 GB/s; its draft
+    step between F16 target steps: 0.358 -> 0.342 target steps, median of five alternating runs),
+    and one group ahead was too close for 576 columns (2.3 KB a group: its gate/up stage
+    1251-1326 -> 1074-1178 µs with two groups ahead; ad-hoc scripts)."""
+    gn = g + 1 + 4096 // qs.shape[1]
+    if gn < qs.shape[0]:
+        o = gn * qs.shape[1] + b * block_bytes
         for j in range(0, block_bytes, 64):
             simd.prefetch_l2(qs, o + j)
         if b % (64 // (R * d.itemsize)) == 0:
-            simd.prefetch_l2(d, (g + 1) * d.shape[1] + b * R)
+            simd.prefetch_l2(d, gn * d.shape[1] + b * R)
             if m.size:
-                simd.prefetch_l2(m, (g + 1) * m.shape[1] + b * R)
+                simd.prefetch_l2(m, gn * m.shape[1] + b * R)
 
 
 def _row_step(xq, xd, xs, t, k, b, c0, c1, c2, c3, dw, mw, a):

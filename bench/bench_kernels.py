@@ -2,6 +2,7 @@
 
     python bench/bench_kernels.py [--threads N] [--quick]
     python bench/bench_kernels.py --dense-rows    # float16 matmul (mul_dense) time against T rows
+    python bench/bench_kernels.py --attention     # attention over the float16 KV cache
 
 Kernels: r8 quantized matmul per weight type and instruction set at SmolLM2 / 1.17B shapes,
 as GB/s of weight bytes read (decode, one row) and GFLOP/s (prefill, 64 rows). End to end:
@@ -145,15 +146,34 @@ def bench_dense_rows(rounds: int = 5) -> None:
         print(f"| {T} | {np.median(ms[T]):.2f} | {np.median(ms[T]) / np.median(ms[1]):.2f} |")
 
 
+def bench_attention() -> None:
+    """kernels.ops.attention for one new token over S cached rows (float16 K/V, GQA), SmolLM2's
+    heads (9 query heads on 3 KV heads of 64) and Gemma 3 270M's (4 on 1, 256): µs per call and
+    per (query head, row) per thread. Cache-resident: the arithmetic, not the KV stream."""
+    from localllm.kernels.ops import attention
+    rng = np.random.default_rng(0)
+    print("| kernel | heads (q/kv x dim) | rows | µs | ns per head-row per thread |\n|---|---|---|---|---|")
+    for H, KV, dk in ((9, 3, 64), (4, 1, 256)):
+        for S in (128, 1024, 4096):
+            k, v = (rng.standard_normal((S, KV, dk)).astype(np.float16).view(np.uint16) for _ in range(2))
+            q, out = rng.standard_normal((1, H, dk)).astype(np.float32), np.empty((1, H * dk), np.float32)
+            t = best_time(lambda: attention(q, k, v, S - 1, np.float32(dk ** -0.5), 0, out), reps=50)
+            per = t * numba.get_num_threads() / (H * S) * 1e9
+            print(f"| attention f16 kv | {H}/{KV} x {dk} | {S} | {t * 1e6:.1f} | {per:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     ap.add_argument("--quick", action="store_true", help="two matmul shapes, no startup timing")
     ap.add_argument("--dense-rows", action="store_true", help="only the float16 matmul against T rows")
+    ap.add_argument("--attention", action="store_true", help="only attention over the KV cache")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
     if args.dense_rows:
         return bench_dense_rows()
+    if args.attention:
+        return bench_attention()
     print(f"threads={args.threads} isas={available_isas()}\n")
     bench_matmul(args.quick)
     print("\n| model | decode tok/s | prefill tok/s (128) |\n|---|---|---|")

@@ -29,10 +29,10 @@ import numpy as np
 from numba import njit, prange
 
 from .isa import specialize
-from .ops import d8_groups
+from .ops import ATT_TILE, attend_rows, d8_groups
 from .qmatmul import bind_inline, q6_groups, r8_groups
 from .quant import Q6, QK, R, _quantize_row
-from .simd import atomic_add_i64, atomic_load_i64, atomic_xchg_i64, cpu_relax, cycles, f16_to_f32, f32_to_f16
+from .simd import atomic_add_i64, atomic_load_i64, atomic_xchg_i64, cpu_relax, cycles, f32_to_f16
 
 LINE = 8           # int64 per cache line: every counter sits on its own line
 RESCUE_CYCLES = 200_000  # a wait this long (~60 µs) means a preempted sibling: take over its chunks
@@ -171,6 +171,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
     has groups, through the output projection into logits [T - r0, vocab padded].
     Globals bound per build: MM_QKV, MM_O, MM_FF (gate and up), MM_DOWN, MM_OUT."""
     NX, T, dim = x.shape
+    S = kc.shape[1]                      # cache rows
     NH, NL, NP = hb.shape[0], qkv.shape[0], proj.shape[0]
     L, ffn = attn_norm.shape[0], gbuf.shape[2]
     koff, voff = H * dk, H * dk + KV * dk
@@ -182,6 +183,7 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
     for tid in prange(nthreads):
         qrot = np.empty(dk, dtype=np.float32)
         oacc = np.empty(dv, dtype=np.float32)
+        scores = np.empty(ATT_TILE, dtype=np.float32)
         tl = np.zeros(6, dtype=np.int64)     # stage of the wait clock, its start; chunks, rescues, wait cycles
         tl[5] = cycles()
         st = 0
@@ -229,25 +231,10 @@ def _llama_step(x, r0, pos0, cos, sin, neox, eps, scale, window, stats,
                 g, qpos = h // (H // KV), pos0 + t
                 _rope_row(qkv[li, t, h * dk:(h + 1) * dk], cos[t], sin[t], neox, qrot)
                 lo = max(0, qpos - window + 1) if window > 0 else 0
-                oacc[:] = 0.0
-                mx, den = np.float32(-np.inf), np.float32(0.0)
-                for s in range(lo, qpos + 1):
-                    score = np.float32(0.0)
-                    for j in range(dk):
-                        score += qrot[j] * f16_to_f32(kc[l, s, g, j])
-                    score *= scale
-                    if score > mx:
-                        cf = np.exp(mx - score)
-                        den *= cf
-                        for j in range(dv):
-                            oacc[j] *= cf
-                        mx = score
-                    pr = np.exp(score - mx)
-                    den += pr
-                    for j in range(dv):
-                        oacc[j] += pr * f16_to_f32(vc[l, s, g, j])
-                for j in range(dv):
-                    att[li, t, h * dv + j] = oacc[j] / den
+                attend_rows(qrot, kc, vc, (l * S * KV + g) * dk, KV * dk, (l * S * KV + g) * dv, KV * dv, lo, qpos + 1,
+                            scale, scores, oacc)
+                # accumulated privately, stored whole: a rescued chunk may run on both threads at once
+                att[li, t, h * dv:(h + 1) * dv] = oacc
                 for b in range(h * dv // QK, (h + 1) * dv // QK):
                     _quantize_row(att[li, t, b * QK:(b + 1) * QK], aq[li, t, b * QK:(b + 1) * QK],
                                   ad[li, t, b:b + 1], as_[li, t, b:b + 1])

@@ -177,6 +177,36 @@ def mul_f32(typingctx, a, x):
     return F32x16(a, x), lambda ctx, b, sig, args: b.fmul(args[0], args[1])
 
 
+@intrinsic
+def add_f32(typingctx, a, x):
+    return F32x16(a, x), lambda ctx, b, sig, args: b.fadd(args[0], args[1])
+
+
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+@intrinsic
+def exp_f32x16(typingctx, x):
+    """e^x per lane for x <= 0 (softmax weights; lanes below -87.3 give 0): x = n ln2 + r with
+    n = rint(x / ln2), e^r by Cephes expf's degree-7 polynomial (~1 ulp), times 2^n built in the
+    exponent bits. Numba's np.exp calls libm once per value, ~20 cycles of a scalar loop."""
+    def codegen(ctx, b, sig, args):
+        vt, it = _LLVM[F32x16], ir.VectorType(_I32, 16)
+        c = lambda v: ir.Constant(vt, [_F32(v)] * 16)   # noqa: E731
+        fma = lambda a, m, d: _intr(b, "llvm.fma.v16f32", vt, [a, m, d])   # noqa: E731
+        x = args[0]
+        n = _intr(b, "llvm.rint.v16f32", vt, [b.fmul(x, c(1.4426950408889634))])
+        r = fma(n, c(2.12194440e-4), fma(n, c(-0.693359375), x))       # x - n ln2 in two parts
+        p = c(_EXP_POLY[0])
+        for k in _EXP_POLY[1:]:
+            p = fma(p, r, c(k))
+        y = fma(p, b.fmul(r, r), b.fadd(r, c(1.0)))
+        two_n = b.bitcast(b.shl(b.add(b.fptosi(n, it), ir.Constant(it, [_I32(127)] * 16)),
+                                ir.Constant(it, [_I32(23)] * 16)), vt)
+        return b.select(b.fcmp_ordered("<", x, c(-87.3)), c(0.0), b.fmul(y, two_n))
+    return F32x16(x), codegen
+
+
 # --- the int8 dot product: acc[i] += sum_{j<4} u[4i+j] * s[4i+j] ------------------------------
 @intrinsic
 def dot_u8s8_vnni(typingctx, acc, u, s):

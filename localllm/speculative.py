@@ -127,10 +127,7 @@ class LookupThenDraft:
 
 
 def accept_or_resample(p: np.ndarray, q: np.ndarray | None, d: int, sampler: Sampler) -> tuple[bool, int]:
-    """The acceptance rule for one drafted token d: (accepted, token to emit)."""
-    if sampler.greedy:
-        best = int(np.argmax(p))
-        return best == d, best
+    """The acceptance rule for one drafted token d, temperature > 0: (accepted, token to emit)."""
     q_d = 1.0 if q is None else q[d]
     if sampler.rng.random() < min(1.0, p[d] / q_d):
         return True, d
@@ -174,8 +171,11 @@ def verify(seq: Sequence, pending: int, draft: list[int], qs: list[np.ndarray | 
     emitted: list[int] = []
     n_ok = 0
     for i, d in enumerate(draft):
-        p = sampler.distribution(logits[i], history + emitted)
-        ok, token = accept_or_resample(p, qs[i], d, sampler)
+        if sampler.greedy:                     # p is one-hot on the argmax: accept while it is the draft
+            token = sampler(logits[i], history + emitted)
+            ok = token == d
+        else:
+            ok, token = accept_or_resample(sampler.distribution(logits[i], history + emitted), qs[i], d, sampler)
         emitted.append(token)
         if not ok:
             break

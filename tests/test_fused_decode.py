@@ -72,6 +72,35 @@ def test_fused_matches_readable_smollm2(smollm2_path):
     _compare(_model(smollm2_path), IDS)
 
 
+def test_rescued_chunks_are_idempotent(smollm2_path, monkeypatch):
+    """With the rescue threshold at one cycle, a thread that runs out of chunks re-runs every
+    chunk its sibling has not marked done, so chunks run on both threads at once: each must store
+    the same values whole (a stage that accumulated into shared memory broke this). The logits
+    and the cache equal a step without rescue bit for bit."""
+    from localllm.kernels import fused as kf
+    model = _model(smollm2_path)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        runs = []
+        for rescue in (kf.RESCUE_CYCLES, 1):
+            monkeypatch.setattr(kf, "RESCUE_CYCLES", rescue)
+            model.ops.fused_plan(model)._bufs.clear()                # scratch made again with this threshold
+            cache = _cache(model)
+            logits = [model.ops.fused_forward(model, IDS[:5], cache, all_logits=True)]
+            for tok in IDS[5:]:
+                cache.tokens = list(IDS[:cache.offset])
+                logits.append(model.ops.fused_forward(model, np.array([tok]), cache))
+            runs.append((logits, cache.k.copy(), cache.v.copy()))
+        (want, wk, wv), (got, gk, gv) = runs
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(gk, wk)
+        np.testing.assert_array_equal(gv, wv)
+    finally:
+        numba.set_num_threads(saved)
+
+
 def test_fused_close_to_llama_cpp(reference_dir, smollm2_path):
     model = _model(smollm2_path)
 

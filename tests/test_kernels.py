@@ -188,13 +188,15 @@ def test_gated_activations(backends, op):
 
 
 @pytest.mark.parametrize("H,KV", [(4, 4), (8, 2), (9, 3)])
-@pytest.mark.parametrize("window", [0, 3])
-@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 9), (6, 0), (5, 4)])
-def test_attention(backends, H, KV, window, T, pos0):
+@pytest.mark.parametrize("window", [0, 3, 40])
+@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 9), (6, 0), (5, 4), (1, 70), (3, 95)])
+@pytest.mark.parametrize("dk,dv", [(32, 16), (8, 24)])   # 16-lane attend_rows; attend_rows_plain
+def test_attention(backends, H, KV, window, T, pos0, dk, dv):
+    """Against the oracle's materialised softmax; pos0 70 and 95 span several ATT_TILE tiles."""
     nb, ref = backends
     rng = np.random.default_rng(H * 100 + T)
-    dk, dv, layer = 32, 16, 1
-    caches = [b.new_kv_cache(2, 16, KV, dk, dv) for b in (nb, ref)]
+    layer = 1
+    caches = [b.new_kv_cache(2, 100, KV, dk, dv) for b in (nb, ref)]
     prior = rng.standard_normal((2, pos0, KV, dk)).astype(np.float16), rng.standard_normal((2, pos0, KV, dv))
     for c in caches:                                                        # rows before pos0
         c.k[layer, :pos0], c.v[layer, :pos0] = prior[0][0], prior[1][0]

@@ -115,7 +115,7 @@ class FusedLlama:
             return f"architecture {c.arch} has no fused step"
         if backend.isa not in (VNNI, AVX2):
             return f"instruction set {backend.isa} has no fused step"
-        if c.head_dim_v % QK or c.ffn_dim % QK or c.dim % QK or c.head_dim_k % 2 or c.n_heads % c.n_kv_heads:
+        if c.head_dim_v % QK or c.ffn_dim % QK or c.dim % QK or c.head_dim_k % 16 or c.n_heads % c.n_kv_heads:
             return "shapes the fused stages cannot cut"
         layers = model.layers
         names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -55,8 +55,7 @@ class NumbaBackend(NumpyBackend):
         self.fused = True                           # False: fused_forward declines (the op-by-op path runs)
         self._last_x: np.ndarray | None = None      # the activation quantized last, and its Q8_0 form:
         self._last_q: tuple[np.ndarray, ...] = ()   # q, k, v (and gate, up) share one input
-        self._rope_key: tuple = ()
-        self._rope_cs: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
+        self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}   # (n_rot, base, scale): cos, sin [n, n_rot/2]
 
     # --- weights ------------------------------------------------------------------------------
     def upload(self, tensor: Tensor):
@@ -142,13 +141,20 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def _cos_sin(self, pos: np.ndarray, n_rot: int, base: float, freq_scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """The reference's angles (same float32 expression), kept while q and k share them."""
-        key = (pos.tobytes(), n_rot, base, freq_scale)
-        if key != self._rope_key:
+        """The reference's angles (same float32 expression, element by element) at positions pos,
+        rows of a table per rope setting that doubles when a position passes its end: a decode
+        step gets two slices instead of a dozen small numpy calls (~40 µs a step)."""
+        key, end = (n_rot, base, freq_scale), int(pos.max()) + 1
+        cos, sin = self._rope_tables.get(key, (np.empty((0, n_rot // 2), np.float32),) * 2)
+        if end > len(cos):
+            n = max(end, 2 * len(cos), 256)
             inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
-            theta = (pos.astype(np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [T, n_rot/2]
-            self._rope_key, self._rope_cs = key, (np.cos(theta), np.sin(theta))
-        return self._rope_cs
+            theta = (np.arange(n, dtype=np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [n, n_rot/2]
+            cos, sin = self._rope_tables[key] = np.cos(theta), np.sin(theta)
+        p0 = int(pos[0])
+        if len(pos) == end - p0:                       # consecutive positions (every forward): views
+            return cos[p0:end], sin[p0:end]
+        return cos[pos], sin[pos]
 
     def rope(self, x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
              freq_scale: float = 1.0) -> np.ndarray:

@@ -21,7 +21,7 @@ from .gguf_file import GGUFFile
 from .kv_cache import PrefixCache
 from .sampler import Sampler, SamplingParams
 from .session import load_session, model_fingerprint, save_session
-from .speculative import (DRAFT_K, DRAFT_P_MIN, AdaptiveK, DraftModel, LookupThenDraft, PromptLookup,
+from .speculative import (DRAFT_HEAD_TYPE, DRAFT_K, DRAFT_P_MIN, AdaptiveK, DraftModel, LookupThenDraft, PromptLookup,
                           default_draft_vocab, speculative_ids)
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -276,7 +276,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     draft_k: the most tokens a draft model proposes per round (lookup: the first rounds' count);
     draft_p_min: the draft stops once its probability of its whole draft is below this;
     draft_vocab: the draft computes logits for the first this many token ids only (0: all; None:
-    16384 for GPT-2-style BPE vocabularies, whose low ids are the frequent tokens, else all).
+    16384 for GPT-2-style BPE vocabularies, whose low ids are the frequent tokens, else all); a
+    cut head stored in more than 4.5 bits per weight is held as Q4_0.
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
     kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
     device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
@@ -301,7 +302,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
             draft_vocab = default_draft_vocab(llm.draft.gguf.metadata.get("tokenizer.ggml.model"))
         if draft_vocab < 0:
             raise LocalLLMError(f"draft_vocab must be 0 (the whole vocabulary) or positive, not {draft_vocab}")
-        llm.draft.model.limit_output(draft_vocab)
+        llm.draft.model.limit_output(draft_vocab, DRAFT_HEAD_TYPE)
     if not 0.0 <= draft_p_min <= 1.0:
         raise LocalLLMError(f"draft_p_min must be between 0 and 1, not {draft_p_min}")
     if lookup is None:

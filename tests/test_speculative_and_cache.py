@@ -67,7 +67,8 @@ def test_draft_stops_where_it_is_unsure(tiny_files, smollm2_path):
     plain, gated = localllm.load(target), localllm.load(target, draft=draft, draft_p_min=0.5, lookup=False)
     want = "".join(plain.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0))
     assert "".join(gated.generate(PROMPTS[0], max_tokens=16, temperature=0, min_p=0)) == want
-    real = localllm.load(smollm2_path, n_ctx=512, draft=smollm2_path, draft_p_min=0.5, lookup=False)
+    real = localllm.load(smollm2_path, n_ctx=512, draft=smollm2_path, draft_p_min=0.5, lookup=False,
+                         draft_vocab=0)          # the whole head as stored: the draft is the target itself
     plain = localllm.load(smollm2_path, n_ctx=512)
     prompt = "The capital of France is"
     want = "".join(plain.generate(prompt, max_tokens=24, temperature=0))
@@ -95,6 +96,33 @@ def test_trimmed_draft_head(tiny_files):
         assert "".join(spec.generate(prompt, max_tokens=24, temperature=0, min_p=0)) == want, prompt
     with pytest.raises(localllm.LocalLLMError, match="draft_vocab"):
         localllm.load(target, draft=draft, draft_vocab=-1)
+
+
+def test_cut_draft_head_requantized(tiny_files):
+    """head_rows: a Q8_0 head cut for a draft becomes Q4_0 with ggml's reference rounding of its
+    float32 values (gguf-py's quantize, bit-exact with ggml); a head already as narrow (the tiny
+    draft's Q4_0) or a type whose blocks do not fit the width stays as stored."""
+    from gguf import GGMLQuantizationType as QT
+    from gguf import quants
+    from localllm.arch.base import head_rows
+    target, draft = tiny_files
+    t = localllm.load(target)._sequence().model._head_tensor                      # Q8_0 [659, 64]
+    assert t.type == QT.Q8_0
+    got = head_rows(t, 200, QT.Q4_0)
+    assert got.type == QT.Q4_0 and got.shape == (200,) + tuple(t.shape[1:])
+    want = quants.quantize(quants.dequantize(t.data[:200], QT.Q8_0).reshape(200, -1), QT.Q4_0)
+    np.testing.assert_array_equal(got.data, want)
+    assert head_rows(t, 200).type == QT.Q8_0
+    d = localllm.load(draft)._sequence().model._head_tensor
+    kept = head_rows(d, 200, QT.Q4_0)
+    assert kept.type == QT.Q4_0
+    np.testing.assert_array_equal(kept.data, d.data[:200])
+    assert head_rows(t, 200, QT.Q4_K).type == QT.Q8_0                              # 64 columns: no 256-blocks
+    spec = localllm.load(target, draft=target, draft_vocab=200, draft_p_min=0.0)  # a Q8_0 head cut and requantized
+    plain = localllm.load(target)
+    for prompt in PROMPTS:
+        want = "".join(plain.generate(prompt, max_tokens=24, temperature=0, min_p=0))
+        assert "".join(spec.generate(prompt, max_tokens=24, temperature=0, min_p=0)) == want, prompt
 
 
 def test_acceptance_rule_preserves_target_distribution():

@@ -132,7 +132,8 @@ def d8_groups(w, x, g0, g1, y):
     pass also requests the next group's lines into L2, a chunk per chunk (SmolLM2 F16's weights,
     T = 4: 1.36x the time of T = 1 before, 1.03x after; T = 5: 1.82x, 1.17x: bench_kernels.py --dense-rows).
     A single pass does too: with two rows (16 accumulators) it kept DRAM waiting as well (the
-    fused F16 step at T = 2: 1.13-1.30x T = 1 before, 1.02-1.09x after; at T = 1 no change)."""
+    fused F16 step at T = 2: 1.13-1.30x T = 1 before, 1.02-1.09x after, at T = 1 no change, in
+    alternating processes, ad hoc; now bench_speculative.py --steps)."""
     T, k = x.shape[0], x.shape[1]
     kc = k // DC
     T4, rest = T - T % 4, T % 4
@@ -314,13 +315,13 @@ def attention(q, k, v, pos0, scale, window, out):
     T, H, dk = q.shape
     KV, dv = k.shape[1], v.shape[2]
     vector = dk % 16 == 0 and dv % 16 == 0
+    scores = np.empty((T * H, ATT_TILE), dtype=np.float32)               # one tile's scores per (t, h)
     for th in prange(T * H):
         t, h = th // H, th % H
         g, qpos = h // (H // KV), pos0 + th // H
         lo = max(0, qpos - window + 1) if window > 0 else 0
         acc = out[t, h * dv:(h + 1) * dv]                                # [dv], accumulated in place
         if vector:
-            sc = np.empty(ATT_TILE, dtype=np.float32)
-            attend_rows(q[t, h], k, v, g * dk, KV * dk, g * dv, KV * dv, lo, qpos + 1, scale, sc, acc)
+            attend_rows(q[t, h], k, v, g * dk, KV * dk, g * dv, KV * dv, lo, qpos + 1, scale, scores[th], acc)
         else:
             attend_rows_plain(q[t, h], k, v, g * dk, KV * dk, g * dv, KV * dv, lo, qpos + 1, scale, acc)

@@ -63,7 +63,7 @@ def bench_matmul(quick: bool) -> None:
 
 
 def _load(path: Path):
-    from localllm.arch import model_class
+    from localllm.models import model_class
     from localllm.backend.numba_cpu import NumbaBackend
     from localllm.gguf_file import GGUFFile
 
@@ -93,7 +93,7 @@ def bench_model(path: Path, label: str, n_decode: int = 64, n_prefill: int = 128
 def _synthetic_q4_0() -> Path | None:
     """A random SmolLM2-shaped Q4_0 model (llama.cpp's reference speed is for Q4_0)."""
     try:
-        from localllm.models.synthetic import make_random_gguf
+        from localllm.synthetic import make_random_gguf
     except ImportError:
         return None
     path = Path(tempfile.gettempdir()) / "bench-smollm2-shape-q4_0.gguf"

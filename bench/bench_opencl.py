@@ -26,7 +26,7 @@ SYNTHETIC = dict(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, voca
 
 
 def synthetic_model(qtype: str, out_dir: Path) -> Path:
-    from localllm.models import make_random_gguf
+    from localllm.synthetic import make_random_gguf
     return make_random_gguf(out_dir / f"synthetic-1.17b-{qtype.lower()}.gguf", tensor_type=qtype, **SYNTHETIC)
 
 

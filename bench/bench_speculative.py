@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import localllm
-from localllm.models import models_home, pull
+from localllm.catalog import models_home, pull
 from localllm.quantize import quantize_file
 
 CODE_PROMPT = ("<|im_start|>user\nWrite a Python function that checks whether a string is a palindrome, "

@@ -53,7 +53,7 @@ import json, sys, time
 import numpy as np
 path, threads, tg, pp, what = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 t0 = time.perf_counter()
-from localllm.arch import model_class
+from localllm.models import model_class
 from localllm.backend import get_backend
 from localllm.gguf_file import GGUFFile
 gguf = GGUFFile(path)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from localllm.gguf_file import GGUFFile
-from localllm.models import make_random_gguf, models_home, pull
-from localllm.models.synthetic import build_bpe_vocab
+from localllm.catalog import models_home, pull
+from localllm.synthetic import build_bpe_vocab, make_random_gguf
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .arch import model_class
+from .models import model_class
 from .backend import get_backend
 from .errors import ContextOverflowError, LocalLLMError
 from .generator import Sequence, Stats, StopStringFilter, generate_ids
@@ -313,7 +313,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
 
 def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes,
               device=None) -> LLM:
-    from .models import resolve_model
+    from .catalog import resolve_model
 
     path = resolve_model(str(path_or_name))
     gguf = GGUFFile(path)

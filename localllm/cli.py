@@ -181,7 +181,7 @@ def bench(model, n_prompt, n_gen, threads, repetitions, backend, as_json, plot_p
 @_guard
 def pull(name):
     """Fetch catalog model NAME into the cache."""
-    from .models import pull as do_pull
+    from .catalog import pull as do_pull
     path = do_pull(name, progress=True)
     click.echo(str(path))
 
@@ -190,7 +190,7 @@ def pull(name):
 @_guard
 def list_cmd():
     """Catalog models and whether they are cached."""
-    from .models import list_models
+    from .catalog import list_models
     for m in list_models():
         mark = "cached" if m["cached"] else "-"
         click.echo(f"{m['name']:<16} {m['size'] / 2**20:8.1f} MiB  {mark:<7} {m['description']}")

@@ -31,7 +31,7 @@ DRAFT_P_MIN = 0.5    # drafting stops once the draft's probability of its whole 
 # so (Gemma 3: 70.5% in the first 16384, 77% in 65536): their heads stay whole
 # (bench_speculative.py --coverage).
 DRAFT_VOCAB_BPE = 16384
-DRAFT_HEAD_TYPE = GGMLQuantizationType.Q4_0   # a cut draft head held in 4.5 bits (arch.base.head_rows)
+DRAFT_HEAD_TYPE = GGMLQuantizationType.Q4_0   # a cut draft head held in 4.5 bits (models.base.head_rows)
 
 
 LOOKUP_NGRAM = 3     # with a draft model: a match of the last 3 tokens proposes lookup tokens

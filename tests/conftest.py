@@ -14,7 +14,7 @@ REFERENCE = REPO.parent / "shared" / "reference"
 def _model(name: str) -> Path:
     """Fetch a catalog model once (into $LOCALLLM_HOME or ~/.cache/localllm); skip only when the
     network is truly unreachable."""
-    from localllm.models import NetworkUnavailable, pull
+    from localllm.catalog import NetworkUnavailable, pull
 
     try:
         return pull(name, progress=False)

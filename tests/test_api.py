@@ -9,7 +9,7 @@ import pytest
 
 import localllm
 from localllm.generator import Sequence, Stats
-from localllm.models import make_random_gguf
+from localllm.synthetic import make_random_gguf
 
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import localllm
-from localllm.models import make_random_gguf
+from localllm.synthetic import make_random_gguf
 
 
 @pytest.fixture(scope="module")

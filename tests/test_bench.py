@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from localllm.kernels.membw import read_xor_u64, read_xor_u64_plain
-from localllm.models import make_random_gguf
+from localllm.synthetic import make_random_gguf
 
 
 def test_read_kernel_matches_plain_twin():

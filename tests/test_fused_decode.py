@@ -11,12 +11,12 @@ from conftest import assert_close_to_llama_cpp, closeness
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import quantize
 
-from localllm.arch import model_class
-from localllm.arch.llama import Llama
-from localllm.arch.base import ModelConfig
+from localllm.models import model_class
+from localllm.models.llama import Llama
+from localllm.models.base import ModelConfig
 from localllm.backend.numba_cpu import NumbaBackend
 from localllm.gguf_file import GGUFFile, Tensor
-from localllm.models.synthetic import quantize_q4_k, quantize_q6_k
+from localllm.synthetic import quantize_q4_k, quantize_q6_k
 
 IDS = np.array([1, 504, 3458, 282, 253, 1345, 28, 12, 9000, 77])
 

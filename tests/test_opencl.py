@@ -24,7 +24,7 @@ from localllm.backend.numpy_ref import NumpyBackend
 from localllm.errors import LocalLLMError
 from localllm.gguf_file import Tensor
 from localllm.kv_cache import KVCache
-from localllm.models.synthetic import quantize_q4_k, quantize_q6_k
+from localllm.synthetic import quantize_q4_k, quantize_q6_k
 
 pyopencl = pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'pyopencl[pocl]')")
 from localllm.backend.opencl import OpenCLBackend, OpenCLError, list_devices  # noqa: E402
@@ -226,7 +226,7 @@ def test_device_array_views(be):
 def tiny_llama(request, tmp_path_factory):
     """A small random llama (Q4_0 layers, GQA) on the OpenCL backend, with the device's kernels
     and with the GPU ones (so PoCL checks the replay of those too)."""
-    from localllm.models import make_random_gguf
+    from localllm.synthetic import make_random_gguf
     path = make_random_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", dim=128, n_layers=2, n_heads=4,
                             n_kv_heads=2, ffn=256, vocab=300, n_ctx=64, tensor_type="Q4_0")
     llm = localllm.load(path, backend="opencl", n_ctx=64)

@@ -6,7 +6,7 @@ import pytest
 from conftest import load_reference
 
 import localllm
-from localllm.models import make_random_gguf
+from localllm.synthetic import make_random_gguf
 from localllm.sampler import Sampler, SamplingParams
 from localllm.speculative import DraftModel, accept_or_resample
 
@@ -104,7 +104,7 @@ def test_cut_draft_head_requantized(tiny_files):
     draft's Q4_0) or a type whose blocks do not fit the width stays as stored."""
     from gguf import GGMLQuantizationType as QT
     from gguf import quants
-    from localllm.arch.base import head_rows
+    from localllm.models.base import head_rows
     target, draft = tiny_files
     t = localllm.load(target)._sequence().model._head_tensor                      # Q8_0 [659, 64]
     assert t.type == QT.Q8_0

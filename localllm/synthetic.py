@@ -25,7 +25,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWrit
 from gguf.constants import GGML_QUANT_VERSION
 from gguf.quants import quantize
 
-from ..tokenizer.bpe import BYTE_TO_CHAR
+from .tokenizer.bpe import BYTE_TO_CHAR
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from localllm.errors import LocalLLMError
 
-from .catalog import CATALOG, CatalogEntry
+from .entries import CATALOG, CatalogEntry
 
 try:  # POSIX only; elsewhere concurrent pulls of one model are simply not serialized
     import fcntl

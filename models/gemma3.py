@@ -62,3 +62,6 @@ class Gemma3(Model):
             x = x[-1:]
         x = ops.rms_norm(x, self.w("output_norm"), c.norm_eps)
         return ops.to_numpy(ops.matmul(x, self.output_weight()))                                      # [T or 1, vocab]
+
+
+ARCHITECTURE = Gemma3

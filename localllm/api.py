@@ -84,7 +84,7 @@ class LLM:
             args = (c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
             cache = self.backend.new_kv_cache(*args, kv_type=self.kv_type) if self.kv_type != "f16" \
                 else self.backend.new_kv_cache(*args)
-            self._seq = Sequence(self.model, cache, self.prefix_cache if hasattr(cache, "snapshot") else None)
+            self._seq = Sequence(self.model, cache, self.prefix_cache if cache.can_snapshot else None)
         return self._seq
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -249,7 +249,7 @@ class LLM:
                       "n_ctx_train": cfg.n_ctx_train, "kv_budget_bytes": self.kv_budget,
                       "kv_bytes_per_token": kv_bytes_per_token(cfg),
                       "kv_cache_bytes": kv_bytes_per_token(cfg) * self.n_ctx,
-                      "tensors_run_as": {n: getattr(self.backend, "runs_as", lambda t: t.type.name)(t)
+                      "tensors_run_as": {n: self.backend.runs_as(t)
                                          for n, t in self.gguf.tensors.items()}})
         return d
 
@@ -284,7 +284,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget,
                     prefix_cache_bytes, device)
     if kv_type != "f16" and not vocab_only:
-        supported = getattr(llm.backend, "kv_types", ("f16",))
+        supported = llm.backend.kv_types
         if kv_type not in supported:
             raise LocalLLMError(f"backend {llm.backend.name} does not support kv_type {kv_type!r} "
                                 f"(supported: {', '.join(supported)})")

@@ -129,9 +129,9 @@ def run_bench(llm, prompts: list[int], gens: list[int], threads: list[int], repe
 def roofline_bandwidth(llm, threads: int) -> tuple[float, str]:
     """(GB/s, probe name) that decode is held against: a GPU's own memory through the backend's
     copy kernel, else the host DRAM read probe."""
-    device_probe = getattr(llm.backend, "copy_bandwidth", None)
-    if device_probe is not None:
-        return device_probe() / 1e9, "device copy kernel"
+    device = llm.backend.copy_bandwidth()
+    if device is not None:
+        return device / 1e9, "device copy kernel"
     return dram_read_gbps(threads), "DRAM read"
 
 

@@ -1,7 +1,9 @@
 """Per-sequence KV cache: it owns its token history and offset, and can be trimmed back to any
-position (a later turn then re-evaluates only what differs)."""
+position (a later turn then re-evaluates only what differs). `SequenceCache` is the contract every
+backend's cache keeps (the host `KVCache` here, the OpenCL backend's device cache)."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 
 import numpy as np
@@ -11,7 +13,39 @@ KV_TYPES = ("f16", "f32", "q8_0")
 QK = 32  # values per Q8_0 block
 
 
-class KVCache:
+class SequenceCache(ABC):
+    """What the generator needs of a cache: the tokens whose K/V rows are valid (`tokens`, in
+    order; the generator appends to it once a forward has stored their rows), `offset`, `n_ctx`,
+    `nbytes`, `trim`. Caches whose rows can be copied out and back (`can_snapshot`) serve the
+    prefix cache and sessions."""
+
+    n_ctx: int
+    tokens: list[int]
+    can_snapshot = False
+
+    @property
+    def offset(self) -> int:
+        return len(self.tokens)
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int: ...
+
+    def trim(self, n: int) -> None:
+        """Keep only the first n positions (rollback); later rows are overwritten on reuse."""
+        del self.tokens[n:]
+
+    def common_prefix(self, ids: list[int]) -> int:
+        return _common(self.tokens, ids)
+
+    def snapshot(self, n: int | None = None) -> "KVState":
+        raise NotImplementedError(f"{type(self).__name__} keeps its rows where they cannot be copied out")
+
+    def restore(self, state: "KVState") -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps its rows where they cannot be copied in")
+
+
+class KVCache(SequenceCache):
     """k: [n_layers, n_ctx, n_kv_heads, head_dim_k], v: [..., head_dim_v]. kv_type "f16" (llama.cpp's
     default), "f32", or "q8_0": int8 values with one float16 scale per 32 (k_d, v_d:
     [n_layers, n_ctx, n_kv_heads, head_dim/32]), about half of f16's memory. np.zeros maps untouched
@@ -33,9 +67,7 @@ class KVCache:
             self.arrays["v_d"] = np.zeros((n_layers, n_ctx, n_kv_heads, head_dim_v // QK), dtype=np.float16)
         self.tokens: list[int] = []  # the tokens whose K/V rows are valid, in order
 
-    @property
-    def offset(self) -> int:
-        return len(self.tokens)
+    can_snapshot = True
 
     @property
     def nbytes(self) -> int:
@@ -58,13 +90,6 @@ class KVCache:
             self.arrays[name][layer, pos0:end], self.arrays[name + "_d"][layer, pos0:end] = q, d
             out.append(dequantize_q8_0(self.arrays[name][layer, :end], self.arrays[name + "_d"][layer, :end]))
         return out[0], out[1]
-
-    def trim(self, n: int) -> None:
-        """Keep only the first n positions (rollback); later rows are overwritten on reuse."""
-        del self.tokens[n:]
-
-    def common_prefix(self, ids: list[int]) -> int:
-        return _common(self.tokens, ids)
 
     def snapshot(self, n: int | None = None) -> "KVState":
         """A copy of the first n positions (default: all valid ones)."""

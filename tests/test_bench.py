@@ -10,6 +10,8 @@ import numpy as np
 from localllm.kernels.membw import read_xor_u64, read_xor_u64_plain
 from localllm.synthetic import make_random_gguf
 
+from support import needs_opencl
+
 
 def test_read_kernel_matches_plain_twin():
     a = np.random.default_rng(0).integers(0, 2**63, size=100_003, dtype=np.uint64)
@@ -37,12 +39,14 @@ def test_bench_json_keys(tmp_path):
     assert set(d["verdict"]) == {"decode", "prefill"}
 
 
+@needs_opencl()
 def test_bench_on_opencl_holds_decode_against_the_device_memory(tmp_path):
     """A GPU's roofline is its own memory: the OpenCL backend's copy kernel, not the host's DRAM."""
     d = _bench_json(tmp_path, "--backend", "opencl")
     assert d["memory_probe"] == "device copy kernel" and d["dram_read_gbps"] > 0 and d["gen_tps"] > 0
 
 
+@needs_opencl()
 def test_roofline_is_the_device_copy_kernel_on_opencl_and_host_dram_otherwise(tmp_path, monkeypatch):
     """The probe decode is held against: the backend's own copy kernel where it has one (a GPU's
     memory), the host DRAM probe otherwise; never the host figure under the device's name."""

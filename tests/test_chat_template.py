@@ -21,9 +21,17 @@ from localllm.chat_template import (
 )
 from localllm.gguf_file import GGUFFile
 
-from conftest import REFERENCE
+from support import DATA, llama_cpp_models
 
-TEMPLATES = sorted((REFERENCE / "chat-templates").glob("*.jinja"))
+# The 50 popular templates of llama.cpp's collection: names and features in tests/data, the files
+# from llama.cpp's sdist (fetched once when a test first needs them).
+TEMPLATE_FEATURES = {line.split()[0]: set(line.split()[1:])
+                     for line in (DATA / "chat_templates.txt").read_text().splitlines() if not line.startswith("#")}
+TEMPLATES = sorted(TEMPLATE_FEATURES)
+
+
+def template_path(name: str) -> Path:
+    return llama_cpp_models() / "templates" / f"{name}.jinja"
 
 CONVERSATION = [
     {"role": "system", "content": "SYS-TEXT: answer briefly."},
@@ -64,13 +72,15 @@ def _render(path: Path, add_generation_prompt: bool = True, messages: list[dict]
 
 def test_reference_templates_present():
     assert len(TEMPLATES) == 50
+    assert all(template_path(name).is_file() for name in TEMPLATES)
 
 
 # --- the 50 reference templates -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
-def test_reference_template_renders_conversation(path: Path):
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_reference_template_renders_conversation(name: str):
+    path = template_path(name)
     text = _render(path)
     texts = [m["content"] for m in CONVERSATION]
     pos = [text.find(t) for t in texts]
@@ -79,8 +89,9 @@ def test_reference_template_renders_conversation(path: Path):
     assert text[pos[-1] + len(texts[-1]):].strip(), "no generation prompt after the last user message"
 
 
-@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
-def test_reference_template_generation_prompt(path: Path):
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_reference_template_generation_prompt(name: str):
+    path = template_path(name)
     with_prompt, without = _render(path, True), _render(path, False)
     if "add_generation_prompt" not in path.read_text():
         # Command R7B, firefunction and Mistral's always end with the assistant cue (or with
@@ -94,10 +105,9 @@ def test_reference_template_generation_prompt(path: Path):
         assert with_prompt.startswith(without) and len(with_prompt) > len(without)
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in TEMPLATES if re.search(r"\btools\b", p.read_text())], ids=lambda p: p.stem)
-def test_reference_template_renders_tools(path: Path):
-    text = _render(path, tools=TOOLS)
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if "tools" in TEMPLATE_FEATURES[n]])
+def test_reference_template_renders_tools(name: str):
+    text = _render(template_path(name), tools=TOOLS)
     assert "get_current_weather" in text
     assert CONVERSATION[-1]["content"] in text
 
@@ -112,9 +122,9 @@ def _tool_conversation(arguments: dict | str) -> list[dict]:
 
 
 @pytest.mark.parametrize("form", ["object", "string"])
-@pytest.mark.parametrize(
-    "path", [p for p in TEMPLATES if "tool_calls" in p.read_text()], ids=lambda p: p.stem)
-def test_reference_template_renders_tool_calls(path: Path, form: str):
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if "tool_calls" in TEMPLATE_FEATURES[n]])
+def test_reference_template_renders_tool_calls(name: str, form: str):
+    path = template_path(name)
     # OpenAI clients send arguments as a JSON string, transformers users as a dict: each
     # template gets the form it prints (llama.cpp's polyfill), so neither fails nor is encoded twice
     arguments = {"city": "Paris"}
@@ -125,8 +135,9 @@ def test_reference_template_renders_tool_calls(path: Path, form: str):
         assert '\\"city\\"' not in text
 
 
-@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
-def test_content_parts_render_like_strings(path: Path):
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_content_parts_render_like_strings(name: str):
+    path = template_path(name)
     parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in CONVERSATION]
     assert _render(path, messages=parts) == _render(path)
 
@@ -142,7 +153,7 @@ def test_content_form_follows_the_template():
 
 
 def test_gemma2_system_message_is_merged_into_first_user_turn():
-    path = REFERENCE / "chat-templates" / "google-gemma-2-2b-it.jinja"
+    path = template_path("google-gemma-2-2b-it")
     text = _render(path)
     first_turn = "<s><start_of_turn>user\nSYS-TEXT: answer briefly.\n\nUSER-ONE: what is 2+2?<end_of_turn>\n"
     assert text.startswith(first_turn)
@@ -387,7 +398,7 @@ def test_output_cap_is_configurable():
 
 
 def test_large_real_conversation_is_not_a_false_positive():
-    template = (REFERENCE / "chat-templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+    template = template_path("Qwen-Qwen3-0.6B").read_text()
     chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 2000}
             for i in range(200)]
     text = render_chat_template(template, chat)

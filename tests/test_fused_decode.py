@@ -7,7 +7,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from conftest import assert_close_to_llama_cpp, closeness
+from support import assert_close_to_llama_cpp, closeness
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import quantize
 
@@ -106,7 +106,7 @@ def test_rescued_chunks_are_idempotent(smollm2_path, monkeypatch):
         numba.set_num_threads(saved)
 
 
-def test_fused_close_to_llama_cpp(reference_dir, smollm2_path):
+def test_fused_close_to_llama_cpp(smollm2_path):
     model = _model(smollm2_path)
 
     def logits(ids):

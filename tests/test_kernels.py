@@ -25,7 +25,7 @@ from localllm.kernels.qmatmul import mul_r8
 from localllm.kernels.quant import QK, R8_TYPES as PACKED, dequantize_r8, quantize_q8_0, repack_r8
 from localllm.synthetic import quantize_q4_k, quantize_q6_k
 
-from conftest import assert_close_to_llama_cpp, closeness
+from support import assert_close_to_llama_cpp, closeness
 
 R8_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K]
 ISAS = [PORTABLE, AVX2, VNNI]
@@ -160,7 +160,9 @@ def test_backend_matmul_and_get_rows(backends, qtype):
     # Q8_0 activations cost ~1% of |x||w|; float paths only summation order
     tol = 1e-2 if qtype in PACKED else 1e-5
     assert np.all(np.abs(nb.matmul(x, wn) - ref.matmul(x, wr)) <= tol * (np.abs(x) @ np.abs(wr.f32.T)))
-    assert qtype.name in nb.runs_as(t)
+    layout = {QT.F32: "d8 row-interleaved float32", QT.F16: "d8 row-interleaved float16", QT.Q6_K: "r8 6-bit quants",
+              QT.Q8_0: "r8 u8 bytes", QT.Q4_1: "r8 u4 nibbles"}[qtype]
+    assert nb.runs_as(t).startswith(f"{qtype.name}: {layout}")
 
 
 def test_rms_norm(backends):
@@ -249,7 +251,7 @@ def _logits_fn(model):
 
 
 @pytest.mark.parametrize("key,fixture", [("smollm2-135m-q4_1", "smollm2_path"), ("gemma3-270m-q4_k_m", "gemma3_path")])
-def test_model_close_to_llama_cpp(request, reference_dir, key, fixture):
+def test_model_close_to_llama_cpp(request, key, fixture):
     fig = closeness(key, _logits_fn(_model(request.getfixturevalue(fixture))))
     print(key, fig)
     assert_close_to_llama_cpp(fig)

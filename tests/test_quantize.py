@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REFERENCE, load_reference
+from support import REFERENCE, load_reference
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter, quants
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close_to_llama_cpp, closeness, load_reference
+from support import assert_close_to_llama_cpp, closeness, load_reference
 
 import localllm
 

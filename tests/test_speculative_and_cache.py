@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_reference
+from support import load_reference
 
 import localllm
 from localllm.synthetic import make_random_gguf

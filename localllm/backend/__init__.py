@@ -34,7 +34,7 @@ def _auto():
     return _opencl() if gpu else _numba()
 
 
-BACKENDS = {"cpu": _numba, "numba": _numba, "numpy": lambda: NumpyBackend, "opencl": _opencl, "auto": _auto}
+BACKENDS = {"cpu": _numba, "numpy": lambda: NumpyBackend, "opencl": _opencl, "auto": _auto}
 
 
 def get_backend(name: str, threads: int | None = None, device: str | int | None = None) -> Backend:

@@ -22,6 +22,7 @@ from ..kernels import ops
 from ..kernels.isa import available_isas, best_isa
 from ..kernels.qmatmul import mul_r8
 from ..kernels.quant import QK, R8_TYPES, R8Weight, dequantize_r8, quantize_q8_0, quantize_q8_0_serial, repack_r8
+from . import rope
 from .numpy_ref import NumpyBackend
 
 SERIAL_QUANT_ROWS = 4  # below this many activation rows a parallel region costs more than it saves
@@ -42,7 +43,7 @@ class DenseWeight:
 
 
 class NumbaBackend(NumpyBackend):
-    name = "numba"
+    name = "cpu"
     kv_types = ("f16",)   # its attention kernels read the float16 cache directly
 
     def __init__(self, threads: int | None = None, isa: str | None = None) -> None:
@@ -148,8 +149,7 @@ class NumbaBackend(NumpyBackend):
         cos, sin = self._rope_tables.get(key, (np.empty((0, n_rot // 2), np.float32),) * 2)
         if end > len(cos):
             n = max(end, 2 * len(cos), 256)
-            inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
-            theta = (np.arange(n, dtype=np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [n, n_rot/2]
+            theta = rope.angles(np.arange(n), n_rot, base, freq_scale)                 # [n, n_rot/2]
             cos, sin = self._rope_tables[key] = np.cos(theta), np.sin(theta)
         p0 = int(pos[0])
         if len(pos) == end - p0:                       # consecutive positions (every forward): views

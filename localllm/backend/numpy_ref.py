@@ -11,6 +11,8 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
 from ..gguf_file import Tensor
+from . import rope
+from .base import Backend
 from ..kv_cache import KVCache
 
 # Every type the two reference files use, plus the common float and Q4_0 formats.
@@ -39,8 +41,8 @@ class LazyWeight:
         return dequantize(self.tensor.data[ids], self.tensor.type).reshape(len(ids), -1)
 
 
-class NumpyBackend:
-    name = "cpu"
+class NumpyBackend(Backend):
+    name = "numpy"
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads  # numpy's BLAS picks its own thread count
@@ -81,8 +83,7 @@ class NumpyBackend:
              freq_scale: float = 1.0) -> np.ndarray:
         """x: [T, heads, d]; rotates the first n_rot dims of each head. NORM mode pairs (2i, 2i+1),
         NEOX mode pairs (i, i + n_rot/2); theta_i = pos * freq_scale * base^(-2i/n_rot)."""
-        inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
-        theta = (pos.astype(np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [T, n_rot/2]
+        theta = rope.angles(pos, n_rot, base, freq_scale)                                   # [T, n_rot/2]
         cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]                     # [T, 1, n_rot/2]
         out = x.copy()
         if neox:

@@ -191,8 +191,9 @@ def _normalize(project: str) -> str:
     return re.sub(r"[-_.]+", "-", project).lower()
 
 
-def _find_wheel(project: str, version: str) -> dict[str, Any]:
-    """The index's `files[]` entry for `project==version`'s wheel (filename, url, hashes, size)."""
+def _find_file(project: str, version: str, suffix: str = ".whl") -> dict[str, Any]:
+    """The index's `files[]` entry for `project==version`'s file ending in `suffix` (a wheel, or
+    ".tar.gz" for the sdist): filename, url, hashes, size."""
     url = urljoin(_index_url(), _normalize(project) + "/")
     with _open(url, {"Accept": _SIMPLE_JSON}) as resp:
         try:
@@ -200,11 +201,36 @@ def _find_wheel(project: str, version: str) -> dict[str, Any]:
         except (ValueError, KeyError, OSError, http.client.HTTPException):
             raise ModelFetchError(f"{url}: not a PyPI simple JSON index page") from None
     for f in files:
-        parts = f["filename"].split("-")
-        if (f["filename"].endswith(".whl") and len(parts) > 2
-                and _normalize(parts[0]) == _normalize(project) and parts[1] == version):
+        name = f["filename"]
+        stem = name[:-len(suffix)] if name.endswith(suffix) else ""
+        parts = stem.split("-") if suffix == ".whl" else stem.rsplit("-", 1)
+        if len(parts) >= 2 and _normalize(parts[0]) == _normalize(project) and parts[1] == version:
             return {**f, "url": urljoin(url, f["url"])}
-    raise ModelFetchError(f"no wheel for {project}=={version} at {url}")
+    kind = "wheel" if suffix == ".whl" else f"{suffix} file"
+    raise ModelFetchError(f"no {kind} for {project}=={version} at {url}")
+
+
+def fetch_release_file(project: str, version: str, sha256: str, suffix: str = ".tar.gz",
+                       progress: bool = False) -> Path:
+    """One pinned file of a PyPI release (the sdist by default), downloaded once into
+    `$LOCALLLM_HOME/pypi/` and verified against `sha256`. The tests take llama.cpp's tokenizer
+    vocabularies and chat templates from llama-cpp-python's sdist this way."""
+    info = _find_file(project, version, suffix)
+    dest = models_home() / "pypi" / info["filename"]
+    if _is_verified(dest, sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(dest):
+        if not _is_verified(dest, sha256):
+            part = dest.with_name(f".{dest.name}.part")
+            _download(info["url"], part, info.get("size"), info["filename"], progress)
+            got = _sha256(part)
+            if got != sha256:
+                part.unlink()
+                raise ModelFetchError(f"{info['filename']}: sha256 mismatch (got {got}, expected {sha256})")
+            os.replace(part, dest)
+            _write_marker(dest, sha256)
+    return dest
 
 
 def _open(url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -231,7 +257,7 @@ def _connect_error(url: str, reason: object) -> ModelFetchError:
 
 def _fetch_wheel(entry: CatalogEntry, project: str, version: str, folder: Path, progress: bool) -> Path:
     """Download one wheel (resuming a previous `.part`) and check its sha256."""
-    info = _find_wheel(project, version)
+    info = _find_file(project, version)
     filename, expected = info["filename"], info["hashes"].get("sha256")
     pinned = entry.wheel_sha256.get(project)
     if pinned and expected and pinned != expected:

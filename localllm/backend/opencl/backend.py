@@ -20,6 +20,8 @@ from gguf.quants import dequantize
 
 from ...errors import ContextOverflowError, UnsupportedModelError
 from ...gguf_file import Tensor
+from .. import rope
+from ..base import Backend
 from . import weights
 from .device import ENV_DEVICE, MAX_DK, MAX_DV_PER, cl, open_device
 from .kv import DeviceKVCache
@@ -68,7 +70,7 @@ class DeviceArray:
         return DeviceArray(self.buf, (max(stop - start, 0), *self.shape[1:]), self.offset + start * row)
 
 
-class OpenCLBackend:
+class OpenCLBackend(Backend):
     name = "opencl"
 
     def __init__(self, threads: int | None = None, device: str | None = None) -> None:
@@ -205,7 +207,7 @@ class OpenCLBackend:
         """rope's inverse frequencies [n_rot/2], the reference's float32 expression, uploaded once."""
         key = (n_rot, base)
         if key not in self._inv_freq:
-            inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
+            inv = rope.inv_frequencies(n_rot, base)
             self._inv_freq[key] = DeviceArray(self.dev.buffer(inv.nbytes, "rope frequencies", inv), inv.shape)
         return self._inv_freq[key]
 

@@ -1,6 +1,6 @@
-"""Device-resident KV cache with the host KVCache's interface as the generator uses it: `tokens`,
-`offset`, `n_ctx`, `nbytes`, `trim`, `common_prefix`. The K/V rows never leave the device; the
-attention op writes and reads them (attention.cl)."""
+"""Device-resident KV cache (a `SequenceCache`: tokens, offset, n_ctx, nbytes, trim). The K/V rows
+never leave the device, so it takes no snapshots; the attention op writes and reads them
+(attention.cl)."""
 from __future__ import annotations
 
 import weakref
@@ -8,9 +8,10 @@ import weakref
 import numpy as np
 
 from .device import Device, cl
+from ...kv_cache import SequenceCache
 
 
-class DeviceKVCache:
+class DeviceKVCache(SequenceCache):
     """Per layer: k [n_ctx, n_kv_heads, head_dim_k] and v [n_ctx, n_kv_heads, head_dim_v], float16
     like llama.cpp's default. One buffer per layer keeps each allocation small (devices cap one
     allocation at a fraction of their memory)."""
@@ -27,24 +28,8 @@ class DeviceKVCache:
         weakref.finalize(self, dev.release, self.nbytes)
 
     @property
-    def offset(self) -> int:
-        return len(self.tokens)
-
-    @property
     def nbytes(self) -> int:
         return len(self.k) * self.n_ctx * (self.row_k + self.row_v) * 2
-
-    def trim(self, n: int) -> None:
-        """Keep only the first n positions (rollback); later rows are overwritten on reuse."""
-        del self.tokens[n:]
-
-    def common_prefix(self, ids: list[int]) -> int:
-        n = 0
-        for a, b in zip(self.tokens, ids):
-            if a != b:
-                break
-            n += 1
-        return n
 
     def layer_numpy(self, layer: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The first n (default: offset) rows of a layer's K and V, copied to the host (tests)."""

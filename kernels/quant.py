@@ -172,14 +172,6 @@ def repack_r8(data: np.ndarray, qtype: QT) -> R8Weight:
     return R8Weight(kind, qs, dd, mm, data.shape[0], u.shape[1], wide=qtype == QT.Q8_0, zero=zero)
 
 
-def repack_q4_0_r8(data: np.ndarray) -> R8Weight:
-    return repack_r8(data, QT.Q4_0)
-
-
-def repack_q8_0_r8(data: np.ndarray) -> R8Weight:
-    return repack_r8(data, QT.Q8_0)
-
-
 def dequantize_r8(w: R8Weight, rows: np.ndarray) -> np.ndarray:
     """float32 [len(rows), cols] of the given rows, read back from the r8 arrays (embedding lookup)."""
     if w.kind == Q6:

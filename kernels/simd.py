@@ -7,7 +7,7 @@ written with them compile to straight zmm code on AVX-512 hosts; on AVX2 hosts L
 
 The only instruction-set-specific op is the int8 dot product `dot_u8s8` (vpdpbusd semantics:
 unsigned bytes times signed bytes, summed in groups of four into int32 lanes). It comes in three
-builds that a kernel picks by name (see `kernels.dispatch`):
+builds; `kernels.isa` picks one for the machine and kernels are compiled per ISA:
   dot_u8s8_vnni  AVX-512 VNNI vpdpbusd, one instruction;
   dot_u8s8_avx2  vpmaddubsw + vpmaddwd on ymm halves: exact only while each unsigned byte is < 128
                  (vpmaddubsw saturates int16 pair sums), which callers guarantee (nibbles, 5-bit);
@@ -293,14 +293,21 @@ def prefetch_l2(typingctx, arr, offset):
 
 
 # --- thread synchronisation inside one parallel region (kernels.fused) ---------------------------
-@intrinsic
-def atomic_add_i64(typingctx, arr, idx, val):
-    """Atomically arr.flat[idx] += val (int64 array, sequentially consistent); returns the old value."""
-    def codegen(ctx, b, sig, args):
-        i = ctx.cast(b, args[1], sig.args[1], types.int64)
-        v = ctx.cast(b, args[2], sig.args[2], types.int64)
-        return b.atomic_rmw("add", _ptr(ctx, b, sig.args[0], args[0], i, _I64), v, "seq_cst")
-    return types.int64(arr, idx, val), codegen
+def _atomic_rmw(op: str):
+    """An intrinsic (arr, idx, val) -> old value that applies `op` ("add", "xchg") to
+    arr.flat[idx] atomically (int64 array, sequentially consistent)."""
+    def rmw(typingctx, arr, idx, val):
+        def codegen(ctx, b, sig, args):
+            i = ctx.cast(b, args[1], sig.args[1], types.int64)
+            v = ctx.cast(b, args[2], sig.args[2], types.int64)
+            return b.atomic_rmw(op, _ptr(ctx, b, sig.args[0], args[0], i, _I64), v, "seq_cst")
+        return types.int64(arr, idx, val), codegen
+    rmw.__name__ = rmw.__qualname__ = f"atomic_{op}_i64"   # the intrinsic's name in Numba's registry
+    return intrinsic(rmw)
+
+
+atomic_add_i64 = _atomic_rmw("add")     # arr.flat[idx] += val; returns the old value
+atomic_xchg_i64 = _atomic_rmw("xchg")   # arr.flat[idx] = val; returns the old value
 
 
 @intrinsic
@@ -319,25 +326,6 @@ def cpu_relax(typingctx):
         _intr(b, "llvm.x86.sse2.pause", ir.VoidType(), [])
         return ctx.get_dummy_value()
     return types.none(), codegen
-
-
-@intrinsic
-def os_yield(typingctx):
-    """sched_yield(2): give the core away while waiting for a preempted sibling thread."""
-    def codegen(ctx, b, sig, args):
-        _intr(b, "sched_yield", _I32, [])
-        return ctx.get_dummy_value()
-    return types.none(), codegen
-
-
-@intrinsic
-def atomic_xchg_i64(typingctx, arr, idx, val):
-    """Atomically swap arr.flat[idx] with val (sequentially consistent); returns the old value."""
-    def codegen(ctx, b, sig, args):
-        i = ctx.cast(b, args[1], sig.args[1], types.int64)
-        v = ctx.cast(b, args[2], sig.args[2], types.int64)
-        return b.atomic_rmw("xchg", _ptr(ctx, b, sig.args[0], args[0], i, _I64), v, "seq_cst")
-    return types.int64(arr, idx, val), codegen
 
 
 @intrinsic

@@ -3,7 +3,6 @@ do anything, and GGUFs without a template get the right built-in one."""
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """The Numba kernels against the numpy reference (gguf dequantize + float32 math), on every
 instruction-set path this machine can run (the portable one always), then the NumbaBackend on the
-real models against llama.cpp's logits.
+real models against llama.cpp's logits. The backend's ops against the reference, on every
+backend, are in test_backend_ops.py.
 
 Error budgets. The r8 matmul's only approximation is rounding activations to Q8_0 (weights are
 re-encoded exactly), so per output |y - x @ w.T| <= sum_j |w_j| * d_x(j) / 2 with d_x the
@@ -9,20 +10,17 @@ sum_j |x_j w_j|). Against the same quantized activations computed in float64, ev
 agree to 1e-5 relative. Float kernels: 1e-5 relative to the reference (2e-3 for float16 inputs)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 from localllm.backend.numba_cpu import NumbaBackend
-from localllm.backend.numpy_ref import NumpyBackend
 from localllm.gguf_file import Tensor
 from localllm.kernels import ops
 from localllm.kernels.isa import AVX2, PORTABLE, VNNI, available_isas
 from localllm.kernels.qmatmul import mul_r8
-from localllm.kernels.quant import QK, R8_TYPES as PACKED, dequantize_r8, quantize_q8_0, repack_r8
+from localllm.kernels.quant import QK, dequantize_r8, quantize_q8_0, repack_r8
 from localllm.synthetic import quantize_q4_k, quantize_q6_k
 
 from support import assert_close_to_llama_cpp, closeness
@@ -144,51 +142,6 @@ def test_d8_rows_round_trip():
     np.testing.assert_array_equal(ops.deinterleave_d8(ops.interleave_d8(w), rows, 37), w[rows])
 
 
-@pytest.fixture(scope="module")
-def backends():
-    return NumbaBackend(), NumpyBackend()
-
-
-@pytest.mark.parametrize("qtype", [QT.F32, QT.F16, QT.Q6_K, QT.Q8_0, QT.Q4_1], ids=lambda t: t.name)
-def test_backend_matmul_and_get_rows(backends, qtype):
-    nb, ref = backends
-    t = _tensor(qtype, 24, 256, seed=3)
-    x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
-    wn, wr = nb.upload(t), ref.upload(t)
-    ids = np.array([3, 0, 23])
-    np.testing.assert_array_equal(nb.get_rows(wn, ids), ref.get_rows(wr, ids))
-    # Q8_0 activations cost ~1% of |x||w|; float paths only summation order
-    tol = 1e-2 if qtype in PACKED else 1e-5
-    assert np.all(np.abs(nb.matmul(x, wn) - ref.matmul(x, wr)) <= tol * (np.abs(x) @ np.abs(wr.f32.T)))
-    layout = {QT.F32: "d8 row-interleaved float32", QT.F16: "d8 row-interleaved float16", QT.Q6_K: "r8 6-bit quants",
-              QT.Q8_0: "r8 u8 bytes", QT.Q4_1: "r8 u4 nibbles"}[qtype]
-    assert nb.runs_as(t).startswith(f"{qtype.name}: {layout}")
-
-
-def test_rms_norm(backends):
-    nb, ref = backends
-    x = np.random.default_rng(5).standard_normal((3, 4, 40)).astype(np.float32)
-    w = np.random.default_rng(6).standard_normal(40).astype(np.float32)
-    np.testing.assert_allclose(nb.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("n_rot", [64, 32])
-def test_rope(backends, neox, n_rot):
-    nb, ref = backends
-    x = np.random.default_rng(7).standard_normal((5, 3, 64)).astype(np.float32)
-    pos = np.arange(100, 105)
-    np.testing.assert_allclose(nb.rope(x, pos, n_rot, 10000.0, neox, 0.5), ref.rope(x, pos, n_rot, 10000.0, neox, 0.5),
-                               rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("op", ["swiglu", "geglu"])
-def test_gated_activations(backends, op):
-    nb, ref = backends
-    g, u = np.random.default_rng(8).standard_normal((2, 2, 100)).astype(np.float32) * 4
-    np.testing.assert_allclose(getattr(nb, op)(g, u), getattr(ref, op)(g, u), rtol=1e-5, atol=1e-5)
-
-
 def test_exp_f32x16():
     """The attention's vector exp against numpy's float64 exp: within 1.5 float32 ulp on
     [-87.3, 0], exactly 1 at 0, and 0 below -87.3 (the padded rows of a tile)."""
@@ -207,28 +160,6 @@ def test_exp_f32x16():
     want = np.exp(x[live].astype(np.float64))
     assert (np.abs(y[live] - want) / want).max() < 1.5 * 2.0 ** -23
     assert y[x == 0].min() == 1.0 and not y[~live].any()
-
-
-@pytest.mark.parametrize("H,KV", [(4, 4), (8, 2), (9, 3)])
-@pytest.mark.parametrize("window", [0, 3, 40])
-@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 9), (6, 0), (5, 4), (1, 70), (3, 95)])
-@pytest.mark.parametrize("dk,dv", [(32, 16), (8, 24)])   # 16-lane attend_rows; attend_rows_plain
-def test_attention(backends, H, KV, window, T, pos0, dk, dv):
-    """Against the oracle's materialised softmax; pos0 70 and 95 span several ATT_TILE tiles."""
-    nb, ref = backends
-    rng = np.random.default_rng(H * 100 + T)
-    layer = 1
-    caches = [b.new_kv_cache(2, 100, KV, dk, dv) for b in (nb, ref)]
-    prior = rng.standard_normal((2, pos0, KV, dk)).astype(np.float16), rng.standard_normal((2, pos0, KV, dv))
-    for c in caches:                                                        # rows before pos0
-        c.k[layer, :pos0], c.v[layer, :pos0] = prior[0][0], prior[1][0]
-    q = rng.standard_normal((T, H, dk)).astype(np.float32)
-    k = rng.standard_normal((T, KV, dk)).astype(np.float32)
-    v = rng.standard_normal((T, KV, dv)).astype(np.float32)
-    got = nb.attention(q, k, v, caches[0], layer, pos0, 1 / math.sqrt(dk), window)
-    want = ref.attention(q, k, v, caches[1], layer, pos0, 1 / math.sqrt(dk), window)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(caches[0].k, caches[1].k)
 
 
 # --- models ---------------------------------------------------------------------------------

@@ -1,12 +1,8 @@
-"""The OpenCL backend: every kernel against the numpy reference (random, odd shapes), the weight
-upload's claims (which conversions are exact), the generator's invariants on a device-resident
-KV cache, clear errors, and the real models against llama.cpp's logits. Runs on whatever device
-$LOCALLLM_OPENCL_DEVICE picks (in CI: PoCL's CPU device, from pip install 'pyopencl[pocl]').
-
-Error budgets. Weights are used exactly as stored (or exactly re-encoded), activations stay
-float32, so kernels differ from the reference only by float32 summation order: 1e-4 relative to
-sum |x_j w_j| for products, 1e-5 for element-wise ops, 1e-4 for attention (float16 KV rounded
-identically on both sides)."""
+"""The OpenCL backend: device choice and clear errors, the weight upload's claims (which
+conversions are exact), decode record and replay, the generator's invariants on a
+device-resident KV cache, and the real models against llama.cpp's logits. Runs on whatever device
+$LOCALLLM_OPENCL_DEVICE picks (in CI: PoCL's CPU device, from pip install 'pyopencl[pocl]'). Its
+ops against the numpy reference are in test_backend_ops.py."""
 from __future__ import annotations
 
 import re
@@ -20,44 +16,25 @@ from gguf.quants import dequantize, quantize
 from support import assert_close_to_llama_cpp, closeness, opencl_missing
 
 import localllm
-from localllm.backend.numpy_ref import NumpyBackend
 from localllm.errors import LocalLLMError
 from localllm.gguf_file import Tensor
-from localllm.kv_cache import KVCache
 from localllm.synthetic import quantize_q4_k, quantize_q6_k
 
 if opencl_missing():
     pytest.skip(opencl_missing(), allow_module_level=True)
-from localllm.backend.opencl import OpenCLBackend, OpenCLError, list_devices  # noqa: E402
+from localllm.backend.opencl import OpenCLBackend, list_devices  # noqa: E402
 from localllm.backend.opencl import device as cl_device  # noqa: E402
 from localllm.backend.opencl.weights import host_layout  # noqa: E402
 
 DEVICES = list_devices()
 
 KERNEL_DIR = Path(cl_device.__file__).resolve().parents[3] / "kernels" / "opencl"
-MATMUL_SHAPES = [(1, 37, 96), (3, 67, 256), (4, 8, 32), (5, 45, 160), (37, 70, 288)]  # (T, n, k)
 WEIGHT_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F16, QT.F32, QT.BF16, QT.Q4_K, QT.Q6_K]
 
 
 @pytest.fixture(scope="module")
 def be() -> OpenCLBackend:
     return OpenCLBackend()
-
-
-@pytest.fixture(scope="module", params=["device-choice", "gpu-kernels"])
-def mm_be(request, be) -> OpenCLBackend:
-    """Matrix products through the device's own choice of kernels, and through the GPU ones
-    (gemv + local-memory tiles) whatever the device, so PoCL checks those too."""
-    if request.param == "device-choice":
-        return be
-    gpu = OpenCLBackend()
-    gpu.dev.tiled = True
-    return gpu
-
-
-@pytest.fixture(scope="module")
-def ref() -> NumpyBackend:
-    return NumpyBackend()
 
 
 def _tensor(w: np.ndarray, qtype: QT, name: str = "w") -> Tensor:
@@ -126,89 +103,6 @@ def test_runs_as_names_every_conversion(be):
     w = np.ones((2, 256), dtype=np.float32)
     said = {t: be.runs_as(_tensor(w, t)) for t in WEIGHT_TYPES}
     assert "as is" in said[QT.Q4_0] and "lossless" in said[QT.Q5_0] and "F16 (rounded)" in said[QT.Q6_K]
-
-
-# --- kernels against the reference ----------------------------------------------------------
-MATMUL_CASES = [(q, *shape) for q in WEIGHT_TYPES for shape in MATMUL_SHAPES
-                if q not in (QT.Q4_K, QT.Q6_K) or shape[2] % 256 == 0]   # k-quants need rows of 256
-
-
-@pytest.mark.parametrize("qtype,T,n,k", MATMUL_CASES, ids=lambda v: getattr(v, "name", str(v)))
-def test_matmul_and_gemv(mm_be, qtype, T, n, k):
-    rng = np.random.default_rng(T * 1000 + n + k)
-    t = _tensor(rng.standard_normal((n, k)).astype(np.float32), qtype)
-    wf = dequantize(t.data, qtype).reshape(n, k)
-    if qtype not in (QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F32, QT.BF16):
-        wf = wf.astype(np.float16).astype(np.float32)          # stored as float16 on the device
-    x = rng.standard_normal((T, k)).astype(np.float32)
-    got = mm_be.to_numpy(mm_be.matmul(mm_be.from_numpy(x), mm_be.upload(t)))
-    _close(got, x @ wf.T, np.abs(x) @ np.abs(wf).T, 1e-4)
-
-
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.F16, QT.F32], ids=lambda t: t.name)
-def test_get_rows(be, ref, qtype):
-    t = _tensor(np.random.default_rng(1).standard_normal((50, 96)).astype(np.float32), qtype)
-    ids = np.array([3, 49, 0, 3, 17])
-    np.testing.assert_array_equal(be.to_numpy(be.get_rows(be.upload(t), ids)), ref.get_rows(ref.upload(t), ids))
-
-
-@pytest.mark.parametrize("shape", [(1, 576), (7, 3, 64), (2, 1000), (3, 4, 256)])
-def test_rms_norm(be, ref, shape):
-    rng = np.random.default_rng(len(shape))
-    x, w = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
-    wt = Tensor("n", QT.F32, w.shape, w.view(np.uint8))
-    got = be.to_numpy(be.rms_norm(be.from_numpy(x), be.upload(wt), 1e-6))
-    _close(got, ref.rms_norm(x, w, 1e-6), np.abs(ref.rms_norm(x, np.abs(w), 1e-6)) + 1e-3, 1e-5)
-
-
-@pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("T,heads,d,n_rot", [(1, 9, 64, 64), (5, 3, 96, 64), (3, 2, 256, 256)])
-def test_rope(be, ref, neox, T, heads, d, n_rot):
-    x = np.random.default_rng(d).standard_normal((T, heads, d)).astype(np.float32)
-    pos = 1000 + np.arange(T)
-    got = be.to_numpy(be.rope(be.from_numpy(x), pos, n_rot, 10000.0, neox, 0.5))
-    _close(got, ref.rope(x, pos, n_rot, 10000.0, neox, 0.5), 1.0, 1e-5)
-
-
-@pytest.mark.parametrize("op", ["add", "scale", "swiglu", "geglu"])
-def test_elementwise(be, ref, op):
-    rng = np.random.default_rng(2)
-    a, b = (rng.standard_normal((3, 1001)).astype(np.float32) * 4 for _ in range(2))
-    args = (a, 0.37) if op == "scale" else (a, b)
-    dev_args = [be.from_numpy(v) if isinstance(v, np.ndarray) else v for v in args]
-    want = getattr(ref, op)(*args)
-    scale = np.abs(a) * (0.37 if op == "scale" else np.abs(b)) + np.abs(a) + 1e-3  # GLUs cancel near 0
-    _close(be.to_numpy(getattr(be, op)(*dev_args)), want, scale, 1e-5)
-
-
-@pytest.fixture(scope="module", params=["device-choice", "split-k"])
-def att_be(request, be) -> OpenCLBackend:
-    """Attention as the device runs it, and with 4 teams per head (the GPUs' split-K) whatever
-    the device."""
-    if request.param == "device-choice":
-        return be
-    split = OpenCLBackend()
-    split.dev.att_ns = 4
-    split.kernels = split.dev.kernels = split.dev._build()
-    return split
-
-
-@pytest.mark.parametrize("H,KV,dk,window", [(9, 3, 64, 0), (4, 1, 256, 5), (2, 2, 40, 0), (8, 8, 128, 3)])
-def test_attention_over_device_cache(att_be, ref, H, KV, dk, window):
-    """Calls of 7, 3, 250 and 1 rows (long enough for every split-K team to see keys) against
-    the reference's cache."""
-    be, rng = att_be, np.random.default_rng(H * dk)
-    dev_cache, host_cache = be.new_kv_cache(1, 272, KV, dk, dk), KVCache(1, 272, KV, dk, dk)
-    for pos0, T in ((0, 7), (7, 3), (10, 250), (260, 1)):
-        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, dk), (T, KV, dk), (T, KV, dk)))
-        got = be.to_numpy(be.attention(be.from_numpy(q), be.from_numpy(k), be.from_numpy(v), dev_cache, 0,
-                                       pos0, 0.125, window))
-        want = ref.attention(q, k, v, host_cache, 0, pos0, 0.125, window)
-        _close(got, want, 1.0, 1e-4)
-        dev_cache.tokens.extend(range(T))
-    k_dev, v_dev = dev_cache.layer_numpy(0)
-    np.testing.assert_array_equal(k_dev, host_cache.k[0, :261])
-    np.testing.assert_array_equal(v_dev, host_cache.v[0, :261])
 
 
 def test_device_array_views(be):

@@ -1,7 +1,6 @@
 """Perplexity against llama-perplexity's figures (tests/data/reference/README.md: the GPL-3 text, -c 128)."""
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -61,6 +61,10 @@ class Backend(ABC):
     @abstractmethod
     def to_numpy(self, x: Any) -> np.ndarray: ...
 
+    def from_numpy(self, a: np.ndarray) -> Any:
+        """A float32 host array as this backend's handle (a device copy where arrays live on one)."""
+        return np.ascontiguousarray(a, dtype=np.float32)
+
     # --- optional capabilities, with their defaults ----------------------------------------------
 
     def copy_bandwidth(self) -> float | None:

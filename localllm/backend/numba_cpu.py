@@ -42,7 +42,7 @@ class DenseWeight:
 
 
 class NumbaBackend(NumpyBackend):
-    name = "numba"
+    name = "cpu"
     kv_types = ("f16",)   # its attention kernels read the float16 cache directly
 
     def __init__(self, threads: int | None = None, isa: str | None = None) -> None:

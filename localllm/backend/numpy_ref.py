@@ -40,7 +40,7 @@ class LazyWeight:
 
 
 class NumpyBackend:
-    name = "cpu"
+    name = "numpy"
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads  # numpy's BLAS picks its own thread count

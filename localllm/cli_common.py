@@ -135,6 +135,8 @@ def default_reply_cap(n_ctx: int) -> int:
 
 
 # --- the first run: kernels compile -------------------------------------------------------------
+ISA_NAMES = {"vnni": "avx512-vnni"}   # kernels.isa's path names, as users know the instruction sets
+
 def _kernel_cache_marker(models: list[str]) -> tuple[Path, str]:
     """(marker file, ISA): the marker exists once this ISA's kernels for these models' tensor
     types were compiled into Numba's cache from these kernel sources with this Numba (a source
@@ -172,7 +174,7 @@ def first_run_notice(backend: str, models: list[str]) -> Iterator[None]:
         yield
         return
     t0, done = time.perf_counter(), threading.Event()
-    text = f"localllm: compiling kernels for {isa}, first run only…"
+    text = f"localllm: compiling kernels for {ISA_NAMES.get(isa, isa)}, first run only…"
     click.echo(text, err=True, nl=False)
     ticker = threading.Thread(target=_tick, args=(text, t0, done), daemon=True) if sys.stderr.isatty() else None
     if ticker:

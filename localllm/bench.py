@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import LocalLLMError
 from .generator import Sequence, Stats
 
 PROBE_BYTES = 1 << 30        # >= 1 GiB: far beyond any cache, so the probe measures DRAM
@@ -231,7 +232,6 @@ def require_matplotlib() -> None:
     try:
         import matplotlib
     except ImportError:
-        from .errors import LocalLLMError
         raise LocalLLMError("--plot needs matplotlib: pip install 'localllm[plot]'") from None
     matplotlib.use("Agg")
 
@@ -251,4 +251,7 @@ def plot(s: dict[str, Any], sweep: list[dict[str, float]], path: str) -> None:
     ax.set_title(f"{s['model'].split('/')[-1]} ({s['backend']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise LocalLLMError(f"cannot write the plot to {path}: {e.strerror}") from None

@@ -60,10 +60,6 @@ class ChatSession:
             except (LocalLLMError, OSError) as e:
                 click.echo(f"error: {e}", err=True)
 
-    def answer_once(self, text: str) -> None:
-        """`localllm run MODEL PROMPT`: one answer, then return."""
-        self.send(text)
-
     def send(self, text: str) -> None:
         """One user message and its reply; a message that fails leaves the history as it was."""
         if self.raw:

@@ -125,7 +125,7 @@ def run(model, prompt_arg, prompt, max_tokens, system, n_ctx, threads, backend, 
     from .chat_cli import ChatSession
     session = ChatSession(llm, system, max_tokens, list(stop), sampling, raw=not chat)
     if prompt_arg is not None:
-        session.answer_once(prompt_arg)
+        session.send(prompt_arg)
     else:
         session.loop()
 

@@ -19,8 +19,6 @@ import click
 
 from .errors import LocalLLMError
 
-log = logging.getLogger(__name__)
-
 BACKEND_CHOICES = ["cpu", "numpy", "opencl", "auto"]
 BACKEND_HELP = "cpu: Numba SIMD kernels; numpy: float32 reference (slow); opencl: a GPU; auto: opencl if a GPU exists, else cpu."
 
@@ -51,17 +49,19 @@ def _guard(fn):
 
 
 # --- -v before or after the subcommand ----------------------------------------------------------
+_verbosity = 0   # -v counted so far on this command line (the group's and the subcommand's add up)
+
+
 def set_verbosity(count: int) -> None:
-    """-v: info logs (and tracebacks of internal errors), -vv: debug. Counts from the group and the
-    subcommand add up."""
+    """-v: info logs (and tracebacks of internal errors), -vv: debug."""
+    global _verbosity
     if not count:
         return
+    _verbosity += count
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    total = count + getattr(set_verbosity, "count", 0)
-    set_verbosity.count = total
-    root.setLevel(logging.DEBUG if total > 1 else logging.INFO)
+    root.setLevel(logging.DEBUG if _verbosity > 1 else logging.INFO)
 
 
 def verbose_option(fn: Callable) -> Callable:

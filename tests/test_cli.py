@@ -224,6 +224,21 @@ def test_first_run_notice_once_per_cold_cache(tmp_path, monkeypatch):
     assert marker.exists() and "compiling" not in second.stderr
 
 
+def test_warm_up_leaves_no_trace(tiny):
+    """The warm-up before timed work (compiling kernels) changes neither the answer nor what is cached."""
+    import localllm
+    from localllm.cli_common import warm_up
+    llm = localllm.load(tiny["chat"], backend="cpu", n_ctx=64, prefix_cache_bytes=0)
+    first = "".join(llm.generate("hello", max_tokens=6, temperature=0))
+    stats = dict(llm.last_stats)
+    llm.reset()
+    warm_up(llm)
+    assert llm.last_stats == {}
+    again = "".join(llm.generate("hello", max_tokens=6, temperature=0))
+    assert again == first
+    assert llm.last_stats["evaluated_tokens"] == stats["evaluated_tokens"] and llm.last_stats["cached_tokens"] == 0
+
+
 def test_interactive_chat_survives_an_overlong_message_and_a_failed_save(tiny, tmp_path):
     """In a terminal (pexpect): errors print, the prompt comes back, the next message is answered."""
     pexpect = pytest.importorskip("pexpect", reason="pexpect (the test extra) drives the terminal")

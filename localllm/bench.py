@@ -5,6 +5,7 @@ bytes streamed per token (weights + the KV cache read at that depth). We measure
 our own SIMD read kernel, then report how close decode gets and what bounds each phase."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -12,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import LocalLLMError
 from .generator import Sequence, Stats
 
 PROBE_BYTES = 1 << 30        # >= 1 GiB: far beyond any cache, so the probe measures DRAM
 MEMORY_BOUND = 0.5           # decode at >= half the roofline: bandwidth is what limits it
+NOISY_SPREAD = 0.10          # run-to-run standard deviation above this share of the mean: figures are unsteady
 
 
 def dram_read_gbps(threads: int | None = None, nbytes: int = PROBE_BYTES, repeats: int = 5) -> float:
@@ -110,6 +113,7 @@ def run_bench(llm, prompts: list[int], gens: list[int], threads: list[int], repe
     from tqdm import tqdm
 
     rng = np.random.default_rng(0)
+    load_before = os.getloadavg()[0]       # the 1-minute average: mostly other processes, before ours starts
     jobs = [(t, "pp", n) for t in threads for n in prompts if n > 0] + [(t, "tg", n) for t in threads for n in gens if n > 0]
     results: list[BenchResult] = []
     bar = tqdm(total=len(jobs) * (repetitions + 1), disable=not progress, desc="bench", unit="run", leave=False)
@@ -123,7 +127,10 @@ def run_bench(llm, prompts: list[int], gens: list[int], threads: list[int], repe
             bar.update()
         results.append(res)
     bar.close()
-    return summarize(llm, results, *roofline_bandwidth(llm, max(threads)))
+    out = summarize(llm, results, *roofline_bandwidth(llm, max(threads)))
+    out["machine"] = {"load_avg_before": load_before, "cores": os.cpu_count() or 1}
+    out["verdict"] = verdicts(out)
+    return out
 
 
 def roofline_bandwidth(llm, threads: int) -> tuple[float, str]:
@@ -167,18 +174,37 @@ def summarize(llm, results: list[BenchResult], dram_gbps: float, probe: str = "D
     return out
 
 
+def machine_note(s: dict[str, Any]) -> str | None:
+    """Why the figures may understate the machine: other processes were running (the load average
+    before we started, against the cores), or runs disagreed with each other."""
+    notes = []
+    m = s.get("machine")
+    if m and m["load_avg_before"] >= max(1.0, 0.5 * m["cores"]):
+        notes.append(f"load average {m['load_avg_before']:.1f} on {m['cores']} cores before the runs")
+    spread = max((r["tps_sd"] / r["tps"] for r in s["results"] if r["tps"] > 0), default=0.0)
+    if spread > NOISY_SPREAD:
+        notes.append(f"run-to-run spread up to {spread:.0%}")
+    if not notes:
+        return None
+    return f"busy or unsteady machine ({'; '.join(notes)}): figures are likely low and noisy; rerun on an idle machine"
+
+
 def verdicts(s: dict[str, Any]) -> dict[str, str]:
-    """One line per phase: what bounds it."""
+    """One line per phase: what bounds it; and a line on the machine where it was busy."""
     v = {}
+    busy = machine_note(s)
     if "gen_tps" in s:
         f = s["gen_roofline_fraction"]
         v["decode"] = (f"memory-bound: {f:.0%} of the memory roofline" if f >= MEMORY_BOUND else
-                       f"overhead-bound: only {f:.0%} of the memory roofline; per-token fixed costs dominate")
+                       f"overhead-bound: only {f:.0%} of the memory roofline; per-token fixed costs dominate"
+                       + (" (or other processes took the cores: see machine)" if busy else ""))
     if "prompt_tps" in s:
         ratio = s["prompt_tps"] / s["gen_tps"] if s.get("gen_tps") else float("inf")
         v["prefill"] = (f"compute-bound: {s['prompt_gflops']:.0f} GFLOP/s, weights reused across the batch "
                         f"({ratio:.1f}x decode speed)" if ratio >= 2 else
                         f"overhead-bound: batching gains only {ratio:.1f}x over decode")
+    if busy:
+        v["machine"] = busy
     return v
 
 
@@ -201,15 +227,19 @@ def depth_sweep(llm, depths: list[int], n: int = 16) -> list[dict[str, float]]:
     return [{"depth": d, "tps": n / time_generate(llm, n, rng, depth=d)} for d in depths]
 
 
-def plot(s: dict[str, Any], sweep: list[dict[str, float]], path: str) -> None:
-    """Decode tok/s against context depth, with the bandwidth ceiling at each depth."""
+def require_matplotlib() -> None:
+    """Raise the install hint now if --plot cannot work (checked before measuring)."""
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
-        from .errors import LocalLLMError
         raise LocalLLMError("--plot needs matplotlib: pip install 'localllm[plot]'") from None
+    matplotlib.use("Agg")
+
+
+def plot(s: dict[str, Any], sweep: list[dict[str, float]], path: str) -> None:
+    """Decode tok/s against context depth, with the bandwidth ceiling at each depth."""
+    require_matplotlib()
+    import matplotlib.pyplot as plt
     depths = [p["depth"] for p in sweep]
     ceiling = [s["dram_read_gbps"] * 1e9 / (s["weights_bytes_per_token"] + s["kv_bytes_per_token"] * d) for d in depths]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -221,4 +251,7 @@ def plot(s: dict[str, Any], sweep: list[dict[str, float]], path: str) -> None:
     ax.set_title(f"{s['model'].split('/')[-1]} ({s['backend']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise LocalLLMError(f"cannot write the plot to {path}: {e.strerror}") from None

@@ -1,5 +1,7 @@
 """The interactive chat of `localllm run`: streaming replies, history, slash commands.
-Ctrl-C stops the current answer; Ctrl-C at the prompt (or EOF) exits. Works with a piped stdin."""
+Ctrl-C stops the current answer; Ctrl-C at the prompt (or EOF) exits. Works with a piped stdin.
+A failed message or command prints one error line and the conversation goes on as it was.
+For a base model (raw=True) each message is completed as plain text, with no history."""
 from __future__ import annotations
 
 import sys
@@ -7,9 +9,11 @@ from pathlib import Path
 
 import click
 
-from .errors import LocalLLMError
+from .cli_common import CHECKS
+from .errors import ContextOverflowError, LocalLLMError
 
 HELP = """commands:
+  /help             this list
   /clear            forget the conversation
   /regen            answer the last message again
   /read FILE        send the contents of FILE as your message
@@ -24,8 +28,9 @@ PARAMS = {"temp": ("temperature", float), "temperature": ("temperature", float),
 
 
 class ChatSession:
-    def __init__(self, llm, system: str | None, max_tokens: int, stop: list[str], sampling: dict) -> None:
-        self.llm, self.system, self.stop = llm, system, stop
+    def __init__(self, llm, system: str | None, max_tokens: int, stop: list[str], sampling: dict,
+                 raw: bool = False) -> None:
+        self.llm, self.system, self.stop, self.raw = llm, system, stop, raw
         self.settings = dict(sampling, max_tokens=max_tokens)
         self.history: list[dict] = []
         self.interactive = sys.stdin.isatty()
@@ -35,7 +40,8 @@ class ChatSession:
 
     def loop(self) -> None:
         if self.interactive:
-            click.echo(f"localllm: chatting with {self.llm.path.name}. /help for commands, Ctrl-C or /exit to quit.",
+            what = "completing text with" if self.raw else "chatting with"
+            click.echo(f"localllm: {what} {self.llm.path.name}. /help for commands, Ctrl-C or /exit to quit.",
                        err=True)
         while True:
             try:
@@ -45,17 +51,34 @@ class ChatSession:
                 return
             if not line.strip():
                 continue
-            if line.startswith("/"):
-                if self.command(line.strip()) == "exit":
-                    return
-                continue
-            self.history.append({"role": "user", "content": line})
+            try:
+                if line.startswith("/"):
+                    if self.command(line.strip()) == "exit":
+                        return
+                    continue
+                self.send(line)
+            except (LocalLLMError, OSError) as e:
+                click.echo(f"error: {e}", err=True)
+
+    def send(self, text: str) -> None:
+        """One user message and its reply; a message that fails leaves the history as it was."""
+        if self.raw:
+            self.history = []
+        self.history.append({"role": "user", "content": text})
+        try:
             self.reply()
+        except (LocalLLMError, OSError):
+            self.history.pop()
+            raise
 
     def command(self, line: str) -> str | None:
         cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
         if cmd in ("/exit", "/quit", "/bye"):
             return "exit"
+        if cmd in ("/save", "/load", "/read", "/set") and not arg:
+            click.echo(f"error: {cmd} needs an argument (/help for the list)", err=True)
+            return None
         if cmd == "/clear":
             self.history.clear()
             self.llm.reset()
@@ -67,27 +90,23 @@ class ChatSession:
                 self.reply()
         elif cmd == "/read":
             try:
-                text = Path(arg.strip()).expanduser().read_text(errors="replace")
+                text = Path(arg).expanduser().read_text(errors="replace")
             except OSError as e:
-                click.echo(f"error: cannot read {arg.strip()!r}: {e.strerror}", err=True)
-                return None
-            self.history.append({"role": "user", "content": text})
-            self.reply()
+                raise LocalLLMError(f"cannot read {arg!r}: {e.strerror}") from None
+            self.send(text)
         elif cmd == "/set":
             self.set_param(arg)
-        elif cmd == "/save" and arg.strip():
-            self.llm.save_state(Path(arg.strip()).expanduser(), extra={"messages": self.history, "system": self.system})
-            click.echo(f"(saved {len(self.history)} messages to {arg.strip()})", err=True)
-        elif cmd == "/load" and arg.strip():
-            try:
-                extra = self.llm.load_state(Path(arg.strip()).expanduser())
-            except LocalLLMError as e:
-                click.echo(f"error: {e}", err=True)
-                return None
+        elif cmd == "/save":
+            self.llm.save_state(Path(arg).expanduser(), extra={"messages": self.history, "system": self.system})
+            click.echo(f"(saved {len(self.history)} messages to {arg})", err=True)
+        elif cmd == "/load":
+            extra = self.llm.load_state(Path(arg).expanduser())
             self.history, self.system = list(extra.get("messages", [])), extra.get("system", self.system)
             click.echo(f"(loaded {len(self.history)} messages)", err=True)
-        else:
+        elif cmd in ("/help", "/?"):
             click.echo(HELP, err=True)
+        else:
+            click.echo(f"error: unknown command {cmd} (/help for the list)", err=True)
         return None
 
     def set_param(self, arg: str) -> None:
@@ -97,21 +116,33 @@ class ChatSession:
             return
         key, kind = PARAMS[name]
         try:
-            self.settings[key] = kind(value.strip())
+            new = kind(value.strip())
         except ValueError:
             click.echo(f"error: {name} needs a {kind.__name__} value, got {value.strip()!r}", err=True)
             return
+        self.settings[key] = CHECKS[key](new)      # a bad value raises before it is kept
         click.echo(f"({key} = {self.settings[key]})", err=True)
+
+    def _stream(self):
+        """The reply's pieces: the conversation through the chat template, or (raw) the last
+        message completed as plain text."""
+        if self.raw:
+            return self.llm.generate(self.history[-1]["content"], stop=self.stop, **self.settings)
+        messages, reserve = self._messages(), min(256, self.llm.n_ctx // 4)
+        alone = len(self.llm.chat_tokens(messages[:-1][:1 if self.system else 0] + messages[-1:]))
+        if alone + reserve > self.llm.n_ctx:    # refused before older turns are dropped for it
+            raise ContextOverflowError(f"message too long: {alone} tokens, and the context holds {self.llm.n_ctx} "
+                                       f"with {reserve} kept for the reply")
+        fitted = self.llm.fit_messages(messages, reserve=reserve)
+        if len(fitted) < len(messages):
+            click.echo(f"(context full: dropped the {len(messages) - len(fitted)} oldest messages)", err=True)
+            self.history = [m for m in fitted if m.get("role") != "system" or not self.system]
+        return self.llm.chat(fitted, stop=self.stop, **self.settings)
 
     def reply(self) -> None:
         parts: list[str] = []
         try:
-            messages = self._messages()
-            fitted = self.llm.fit_messages(messages, reserve=min(256, self.llm.n_ctx // 4))
-            if len(fitted) < len(messages):
-                click.echo(f"(context full: dropped the {len(messages) - len(fitted)} oldest messages)", err=True)
-                self.history = [m for m in fitted if m.get("role") != "system" or not self.system]
-            for piece in self.llm.chat(fitted, stop=self.stop, **self.settings):
+            for piece in self._stream():
                 parts.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -5,37 +5,52 @@ Every foreseen failure prints one line on stderr and exits non-zero; -v shows li
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-from .cli_common import _guard
+from .cli_common import (_guard, backend_option, check_max_tokens, check_sampling, default_reply_cap,
+                         first_run_notice, resolve_backend, set_verbosity, threads_option, verbose_option, warm_up)
 from .errors import LocalLLMError
 from .speculative import DRAFT_K, DRAFT_P_MIN
 
 
 @click.group()
-@click.option("-v", "--verbose", count=True, help="Log to stderr (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-vv for debug); also accepted after the command.")
 @click.version_option(package_name="localllm")
 def main(verbose: int) -> None:
     """Run GGUF language models locally."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
-                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    set_verbosity(verbose)
+
+
+def _seed_type(ctx, param, value: str | None) -> int | None:
+    """-s is the seed, as in llama.cpp; a system prompt given to -s (this tool's old habit) is
+    refused with the right flag named instead of being read as something else."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an integer seed (-s is the seed, as in llama.cpp; "
+                                 "a system prompt goes to -sys/--system)") from None
 
 
 SAMPLING = [
-    click.option("--temp", "temperature", type=float, default=0.8, show_default=True, help="0 = greedy"),
-    click.option("--top-k", type=int, default=40, show_default=True),
-    click.option("--top-p", type=float, default=0.95, show_default=True),
-    click.option("--min-p", type=float, default=0.05, show_default=True),
-    click.option("--repeat-penalty", type=float, default=1.0, show_default=True),
-    click.option("--seed", type=int, default=None, help="Reproducible sampling."),
+    click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
+                 help="Sampling temperature; 0 = greedy (always the most likely token)."),
+    click.option("--top-k", type=int, default=40, show_default=True, help="Sample among the K likeliest tokens (0: all)."),
+    click.option("--top-p", type=float, default=0.95, show_default=True,
+                 help="Nucleus sampling: the likeliest tokens that make up this probability (1: off)."),
+    click.option("--min-p", type=float, default=0.05, show_default=True,
+                 help="Drop tokens less likely than this fraction of the top token (0: off)."),
+    click.option("--repeat-penalty", type=float, default=1.0, show_default=True,
+                 help="Divide the logits of recently seen tokens by this (1: off)."),
+    click.option("-s", "--seed", callback=_seed_type, default=None, metavar="INTEGER",
+                 help="Seed for reproducible sampling (default: random)."),
 ]
 
 
@@ -45,16 +60,27 @@ def sampling_options(fn):
     return fn
 
 
+def _n_predict(ctx, param, value: int | None) -> int | None:
+    try:
+        return check_max_tokens(value)
+    except LocalLLMError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @click.argument("model")
+@click.argument("prompt_arg", metavar="[PROMPT]", required=False)
 @click.option("-p", "--prompt", default=None, help="Raw completion of TEXT (no chat template), printed to stdout.")
-@click.option("-n", "--n-predict", "max_tokens", type=int, default=None, help="Tokens to generate (-1: until done).")
-@click.option("-s", "--system", default=None, help="System prompt for the chat.")
-@click.option("-c", "--ctx-size", "n_ctx", type=int, default=None, help="Context length (default: trained, capped by memory).")
-@click.option("-t", "--threads", type=int, default=None)
-@click.option("--backend", default="cpu", show_default=True, help="cpu, numpy (reference), opencl, auto.")
+@click.option("-n", "--n-predict", "max_tokens", type=int, default=None, callback=_n_predict,
+              help="Most tokens per reply (-1: until done; default: min(2048, half the context)).")
+@click.option("-sys", "--system", default=None, help="System prompt for the chat.")
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=1), default=None,
+              help="Context length (default: trained, capped by memory).")
+@threads_option
+@backend_option
 @click.option("--device", default=None, help="OpenCL device: index or name substring (see info --devices).")
-@click.option("--kv-type", default="f16", show_default=True, help="KV cache type: f16, f32, q8_0.")
+@click.option("--kv-type", type=click.Choice(["f16", "f32", "q8_0"]), default="f16", show_default=True,
+              help="KV cache type (the cpu backend: f16 only).")
 @click.option("--chat-template", "chat_template_file", type=click.Path(dir_okay=False), default=None,
               help="Jinja file replacing the model's chat template.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
@@ -62,31 +88,56 @@ def sampling_options(fn):
 @click.option("--lookup/--no-lookup", default=None,
               help="Drafts from n-grams of the context (alone, or with --draft where the context repeats; "
                    "default: on with --draft).")
-@click.option("--draft-k", type=int, default=DRAFT_K, show_default=True,
+@click.option("--draft-k", type=click.IntRange(min=1), default=DRAFT_K, show_default=True,
               help="Most tokens a draft model proposes per round (lookup: to start with; adapts).")
-@click.option("--draft-p-min", type=float, default=DRAFT_P_MIN, show_default=True,
+@click.option("--draft-p-min", type=click.FloatRange(0, 1), default=DRAFT_P_MIN, show_default=True,
               help="The draft stops once its probability of its whole draft is below this.")
-@click.option("--draft-vocab", type=int, default=None,
+@click.option("--draft-vocab", type=click.IntRange(min=0), default=None,
               help="The draft scores the first N token ids only (0: all; default 16384 for BPE vocabularies, else all).")
 @click.option("--spec-auto", is_flag=True, help="Turn speculation off when its acceptance rate is too low.")
 @sampling_options
+@verbose_option
 @_guard
-def run(model, prompt, max_tokens, system, n_ctx, threads, backend, device, kv_type, chat_template_file, stop, draft,
-        lookup, draft_k, draft_p_min, draft_vocab, spec_auto, **sampling):
-    """Chat with MODEL (a .gguf path or a catalog name), or complete -p TEXT."""
+def run(model, prompt_arg, prompt, max_tokens, system, n_ctx, threads, backend, device, kv_type, chat_template_file,
+        stop, draft, lookup, draft_k, draft_p_min, draft_vocab, spec_auto, **sampling):
+    """Chat with MODEL (a .gguf path or a catalog name); with PROMPT, answer it once and exit;
+    with -p TEXT, complete TEXT raw. A base model (no chat template) completes text instead of chatting."""
     from . import load
+    if prompt_arg is not None and prompt is not None:
+        raise LocalLLMError("give the prompt once: as PROMPT (answered through the chat template) or -p TEXT (raw)")
+    check_sampling(sampling)
     try:
         template = Path(chat_template_file).read_text() if chat_template_file else None
     except OSError as e:
         raise LocalLLMError(f"cannot read chat template {chat_template_file}: {e.strerror}") from None
-    llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template, draft=draft,
-               lookup=lookup, draft_k=draft_k, draft_p_min=draft_p_min, draft_vocab=draft_vocab, spec_auto=spec_auto,
-               device=device, kv_type=kv_type)
+    backend = resolve_backend(backend)
+    with first_run_notice(backend, [model] + ([draft] if draft else [])):
+        llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads, chat_template=template, draft=draft,
+                   lookup=lookup, draft_k=draft_k, draft_p_min=draft_p_min, draft_vocab=draft_vocab,
+                   spec_auto=spec_auto, device=device, kv_type=kv_type)
+        warm_up(llm)
+    max_tokens = default_reply_cap(llm.n_ctx) if max_tokens is None else max_tokens
     if prompt is not None:
-        _complete(llm, prompt, -1 if max_tokens is None else max_tokens, list(stop), sampling)
+        return _complete(llm, prompt, max_tokens, list(stop), sampling)
+    chat = _has_chat_template(llm)
+    if prompt_arg is not None and not chat:
+        return _complete(llm, prompt_arg, max_tokens, list(stop), sampling)
+    from .chat_cli import ChatSession
+    session = ChatSession(llm, system, max_tokens, list(stop), sampling, raw=not chat)
+    if prompt_arg is not None:
+        session.send(prompt_arg)
     else:
-        from .chat_cli import ChatSession
-        ChatSession(llm, system, -1 if max_tokens is None else max_tokens, list(stop), sampling).loop()
+        session.loop()
+
+
+def _has_chat_template(llm) -> bool:
+    """False for a base model: no template in the file and none given. Its chat would be made up
+    (the built-in fallback), so `run` completes text instead, and says so."""
+    if llm.info()["chat_template"] != "built-in fallback":
+        return True
+    click.echo(f"localllm: {llm.path.name} has no chat template (a base model): completing text instead of "
+               "chatting (--chat-template FILE to chat anyway).", err=True)
+    return False
 
 
 def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict) -> None:
@@ -106,7 +157,8 @@ def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--tensors", is_flag=True, help="List every tensor and what it runs as.")
 @click.option("--devices", is_flag=True, help="List OpenCL platforms and devices instead.")
-@click.option("--backend", default="cpu", show_default=True)
+@backend_option
+@verbose_option
 @_guard
 def info(model, as_json, tensors, devices, backend):
     """Describe MODEL: architecture, shapes, tokenizer, context and memory."""
@@ -115,7 +167,7 @@ def info(model, as_json, tensors, devices, backend):
     if model is None:
         raise LocalLLMError("info needs a MODEL (or --devices)")
     from . import load
-    llm = load(model, backend=backend)
+    llm = load(model, backend=resolve_backend(backend))
     d = llm.info()
     if not tensors:
         d.pop("tensors_run_as", None)
@@ -146,38 +198,51 @@ def _devices(as_json: bool) -> None:
         click.echo("  ".join(f"{k}={v}" for k, v in d.items()))
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(text: str, what: str, lo: int) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise LocalLLMError(f"expected comma-separated integers, got {text!r}") from None
+        raise LocalLLMError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < lo:
+        raise LocalLLMError(f"{what}: expected comma-separated integers >= {lo}, got {text!r}")
+    return values
 
 
 @main.command()
 @click.argument("model")
-@click.option("-p", "--n-prompt", default="512", show_default=True, help="Prompt batch sizes (e.g. 128,512).")
-@click.option("-n", "--n-gen", default="128", show_default=True, help="Generated token counts (e.g. 32,128).")
+@click.option("-p", "--n-prompt", default="512", show_default=True, help="Prompt batch sizes (e.g. 128,512; 0: none).")
+@click.option("-n", "--n-gen", default="128", show_default=True, help="Generated token counts (e.g. 32,128; 0: none).")
 @click.option("-t", "--threads", default="2", show_default=True, help="Thread counts (e.g. 1,2).")
-@click.option("-r", "--repetitions", type=int, default=3, show_default=True)
-@click.option("--backend", default="cpu", show_default=True)
+@click.option("-r", "--repetitions", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs of each test (after one untimed warm-up run).")
+@backend_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--plot", "plot_path", default=None, help="Draw decode tok/s against context depth to FILE.png.")
+@verbose_option
 @_guard
 def bench(model, n_prompt, n_gen, threads, repetitions, backend, as_json, plot_path):
     """Measure prompt (pp) and generation (tg) tok/s, against the memory roofline (DRAM; a GPU: its own)."""
     from . import load
-    from .bench import depth_sweep, markdown, plot, run_bench
-    prompts, gens, thread_list = _int_list(n_prompt), _int_list(n_gen), _int_list(threads)
+    from .bench import depth_sweep, markdown, plot, require_matplotlib, run_bench
+    prompts, gens = _int_list(n_prompt, "-p/--n-prompt", 0), _int_list(n_gen, "-n/--n-gen", 0)
+    thread_list = _int_list(threads, "-t/--threads", 1)
+    if plot_path:
+        require_matplotlib()      # before minutes of measuring, not after
+    backend = resolve_backend(backend)
     n_ctx = max(prompts + gens + [0]) + 1 + (4096 if plot_path else 0)
-    llm = load(model, backend=backend, n_ctx=n_ctx, threads=max(thread_list))
+    with first_run_notice(backend, [model]):
+        llm = load(model, backend=backend, n_ctx=n_ctx, threads=max(thread_list))
+        warm_up(llm)
     summary = run_bench(llm, prompts, gens, thread_list, repetitions, progress=sys.stderr.isatty())
+    click.echo(json.dumps(summary, indent=2) if as_json else markdown(summary))
     if plot_path:
         plot(summary, depth_sweep(llm, [1, 256, 1024, 2048, 4096]), plot_path)
-    click.echo(json.dumps(summary, indent=2) if as_json else markdown(summary))
+        click.echo(f"plot: {plot_path}", err=True)
 
 
 @main.command()
 @click.argument("name")
+@verbose_option
 @_guard
 def pull(name):
     """Fetch catalog model NAME into the cache."""
@@ -187,13 +252,15 @@ def pull(name):
 
 
 @main.command(name="list")
+@verbose_option
 @_guard
 def list_cmd():
-    """Catalog models and whether they are cached."""
+    """Catalog models: chat (instruct) or base (text completion only), size, whether cached."""
     from .catalog import list_models
     for m in list_models():
         mark = "cached" if m["cached"] else "-"
-        click.echo(f"{m['name']:<16} {m['size'] / 2**20:8.1f} MiB  {mark:<7} {m['description']}")
+        kind = "chat" if m["kind"] == "instruct" else "base"
+        click.echo(f"{m['name']:<16} {kind:<5} {m['size'] / 2**20:8.1f} MiB  {mark:<7} {m['description']}")
 
 
 @main.command()
@@ -202,6 +269,7 @@ def list_cmd():
 @click.option("--ids", is_flag=True, help="Print only the ids.")
 @click.option("--no-bos", is_flag=True, help="Never add BOS.")
 @click.option("--no-special", is_flag=True, help="Treat special-token text literally.")
+@verbose_option
 @_guard
 def tokenize(model, text, ids, no_bos, no_special):
     """Tokenize TEXT with MODEL's vocabulary."""

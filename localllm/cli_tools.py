@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import _guard
+from .cli_common import (_guard, backend_option, first_run_notice, resolve_backend, threads_option,
+                         verbose_option, warm_up)
 from .errors import LocalLLMError
 
 
@@ -15,6 +16,7 @@ from .errors import LocalLLMError
 @click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
 @click.argument("type_name", metavar="TYPE")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@verbose_option
 @_guard
 def quantize_cmd(src: str, dst: str, type_name: str, quiet: bool) -> None:
     """Write OUT: the GGUF model IN converted to TYPE with llama-quantize's rules.
@@ -31,11 +33,12 @@ def quantize_cmd(src: str, dst: str, type_name: str, quiet: bool) -> None:
 @click.command(name="perplexity")
 @click.argument("model")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-c", "--ctx-size", "n_ctx", type=int, default=512, show_default=True,
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=2), default=512, show_default=True,
               help="Tokens per chunk (llama-perplexity's -c).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-@click.option("--backend", default="cpu", show_default=True)
-@click.option("-t", "--threads", type=int, default=None)
+@backend_option
+@threads_option
+@verbose_option
 @_guard
 def perplexity_cmd(model: str, file: str, n_ctx: int, as_json: bool, backend: str, threads: int | None) -> None:
     """Perplexity of MODEL over the text in FILE, as llama-perplexity computes it."""
@@ -45,7 +48,10 @@ def perplexity_cmd(model: str, file: str, n_ctx: int, as_json: bool, backend: st
         text = Path(file).read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise LocalLLMError(f"cannot read {file}: {e.strerror}") from None
-    llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads)
+    backend = resolve_backend(backend)
+    with first_run_notice(backend, [model]):
+        llm = load(model, backend=backend, n_ctx=n_ctx, threads=threads)
+        warm_up(llm)
     r = perplexity(llm, text, n_ctx=n_ctx, progress=not as_json)
     if as_json:
         click.echo(json.dumps(r))

@@ -58,14 +58,18 @@ def make_random_gguf(
     n_kv_heads: int = 2, ffn: int = 128, vocab: int | None = None, n_ctx: int = 512, tensor_type: str = "Q8_0",
     output_type: str | None = None, tied: bool = False, seed: int = 0, rope_base: float = 10000.0,
     norm_eps: float = 1e-5, tokenizer_from: str | os.PathLike[str] | None = None, head_dim: int | None = None,
+    chat_template: bool = True,
 ) -> Path:
-    """Write a random-weight llama GGUF to `path` (atomically) and return it."""
+    """Write a random-weight llama GGUF to `path` (atomically) and return it; chat_template=False
+    leaves the template out (as a base model's file)."""
     if arch != "llama":
         raise ValueError(f"only the llama layout is generated, not {arch!r}")
     head_dim = head_dim or dim // n_heads
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
     tok = _tokenizer_kv(tokenizer_from, vocab)
+    if not chat_template:
+        tok.pop("tokenizer.chat_template", None)
     vocab = len(tok["tokenizer.ggml.tokens"][0])
     qtype = _qtype(tensor_type)
     otype = _qtype(output_type) if output_type else _default_output(tensor_type, dim)

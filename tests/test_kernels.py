@@ -30,6 +30,18 @@ ISAS = [PORTABLE, AVX2, VNNI]
 SHAPES = [(1, 37, 96), (2, 24, 256), (5, 8, 32), (3, 67, 256), (6, 40, 512), (9, 16, 544)]   # (T, rows, cols): odd rows, k % 256 != 0
 
 
+def test_isa_can_be_forced(monkeypatch):
+    """$LOCALLLM_ISA picks a slower path (to benchmark AVX2 on an AVX-512 machine); one this CPU
+    lacks is a clear error."""
+    from localllm.backend.numba_cpu import NumbaBackend
+    from localllm.errors import LocalLLMError
+    monkeypatch.setenv("LOCALLLM_ISA", PORTABLE)
+    assert NumbaBackend().isa == PORTABLE
+    monkeypatch.setenv("LOCALLLM_ISA", "sse9")
+    with pytest.raises(LocalLLMError, match="LOCALLLM_ISA='sse9': this CPU can run portable"):
+        NumbaBackend()
+
+
 def _isa(isa: str) -> str:
     if isa not in available_isas():
         pytest.skip(f"this CPU cannot run the {isa} path")

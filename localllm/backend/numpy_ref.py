@@ -73,17 +73,23 @@ class NumpyBackend:
     def scale(self, x: np.ndarray, s: float) -> np.ndarray:
         return x * np.float32(s)
 
+    def bias(self, x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return x + b
+
+    def softcap(self, x: np.ndarray, cap: float) -> np.ndarray:
+        return (np.float32(cap) * np.tanh(x / np.float32(cap))).astype(np.float32)
+
     def rms_norm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
         ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
         return (x / np.sqrt(ms + eps)).astype(np.float32) * w
 
     def rope(self, x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
-             freq_scale: float = 1.0) -> np.ndarray:
+             freq_scale: float = 1.0, factors: np.ndarray | None = None, mscale: float = 1.0) -> np.ndarray:
         """x: [T, heads, d]; rotates the first n_rot dims of each head. NORM mode pairs (2i, 2i+1),
-        NEOX mode pairs (i, i + n_rot/2); theta_i = pos * freq_scale * base^(-2i/n_rot)."""
-        inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
-        theta = (pos.astype(np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [T, n_rot/2]
-        cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]                     # [T, 1, n_rot/2]
+        NEOX mode pairs (i, i + n_rot/2); theta_i = pos * freq_scale * base^(-2i/n_rot) / factors_i,
+        cos and sin times mscale (the dims past n_rot are copied)."""
+        cos, sin = rope_cos_sin(pos.astype(np.float32), n_rot, base, freq_scale, factors, mscale)  # [T, n_rot/2]
+        cos, sin = cos[:, None, :], sin[:, None, :]                                                  # [T, 1, n_rot/2]
         out = x.copy()
         if neox:
             a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
@@ -96,15 +102,18 @@ class NumpyBackend:
         return out
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int,
-                  pos0: int, scale: float, window: int = 0) -> np.ndarray:
+                  pos0: int, scale: float, window: int = 0, softcap: float = 0.0) -> np.ndarray:
         """Stores k, v at positions pos0.. then attends causally over the cache (and within
-        `window` positions when window > 0). Materialises [H, T, S] scores: fine for an oracle."""
+        `window` positions when window > 0); softcap > 0 caps the scaled scores at
+        softcap * tanh(s / softcap). Materialises [H, T, S] scores: fine for an oracle."""
         T, H, dk = q.shape
         kv_heads, dv = v.shape[1], v.shape[2]
         keys, vals = cache.store(layer, pos0, k, v)             # [S, KV, dk], [S, KV, dv] float32
         S = keys.shape[0]
         qg = q.reshape(T, kv_heads, H // kv_heads, dk)            # GQA: query heads grouped per KV head
         scores = np.einsum("tgrd,sgd->grts", qg, keys) * np.float32(scale)  # [KV, H/KV, T, S]
+        if softcap > 0:
+            scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
         qpos = pos0 + np.arange(T)[:, None]
         kpos = np.arange(S)[None, :]
         masked = kpos > qpos
@@ -127,3 +136,16 @@ class NumpyBackend:
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return x
+
+
+def rope_cos_sin(pos: np.ndarray, n_rot: int, base: float, freq_scale: float, factors: np.ndarray | None,
+                 mscale: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [len(pos), n_rot/2] of the rotary angles, in float32 (the backends share it)."""
+    inv = np.float32(base) ** (-np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot))
+    if factors is not None:
+        inv = (inv / factors).astype(np.float32)
+    theta = (pos[:, None] * np.float32(freq_scale)) * inv[None, :]                     # [T, n_rot/2]
+    cos, sin = np.cos(theta), np.sin(theta)
+    if mscale != 1.0:
+        cos, sin = cos * np.float32(mscale), sin * np.float32(mscale)
+    return cos, sin

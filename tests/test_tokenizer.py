@@ -252,17 +252,25 @@ def test_unknown_tokenizer_model_is_rejected() -> None:
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("pre", ["no-such-pre", None])
-def test_unknown_pre_falls_back_to_default(pre, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_pre_falls_back_to_default(caplog: pytest.LogCaptureFixture) -> None:
     md = dict(metadata(str(VOCAB_DIR / "ggml-vocab-gpt-2.gguf")))
-    if pre is None:
-        del md["tokenizer.ggml.pre"]
-    else:
-        md["tokenizer.ggml.pre"] = pre
+    del md["tokenizer.ggml.pre"]
     with caplog.at_level(logging.WARNING):
         tok = Tokenizer.from_metadata(md)
     assert "default" in caplog.text
     assert tok.decode(tok.encode("Hello world 12345")) == "Hello world 12345"
+
+
+@pytest.mark.parametrize("pre", ["no-such-pre", "gemma4"])
+def test_unknown_pre_is_refused_unless_forced(pre, monkeypatch) -> None:
+    """As llama.cpp: an unknown (or here unsupported) family is an error naming it, never a silent
+    fallback; LOCALLLM_PRE_TOKENIZER forces a family."""
+    md = dict(metadata(str(VOCAB_DIR / "ggml-vocab-llama-bpe.gguf")), **{"tokenizer.ggml.pre": pre})
+    with pytest.raises(UnsupportedModelError, match=f"pre-tokenizer '{pre}'") as err:
+        Tokenizer.from_metadata(md)
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("LOCALLLM_PRE_TOKENIZER", "llama-bpe")
+    assert Tokenizer.from_metadata(md).encode("Hello, y'all!", add_bos=False) == [9906, 11, 379, 65948, 0]
 
 
 def test_bpe_defaults_from_llama_cpp() -> None:

@@ -61,3 +61,10 @@ def test_loading_does_not_copy_weights(smollm2_path):
     assert r.returncode == 0, r.stderr
     grown = int(r.stdout)
     assert grown < 0.4 * smollm2_path.stat().st_size, grown
+
+
+def test_info_without_model_lists_supported_architectures():
+    r = run("info", "--json")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["supported_architectures"]) >= {"llama", "qwen2", "qwen3", "phi3", "gemma2",
+                                                                   "gemma3"}

@@ -298,7 +298,8 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
 def _add_hparams(writer: GGUFWriter, arch: str, dim: int, n_layers: int, n_heads: int, n_kv_heads: int,
                  head_dim: int, ffn: int, vocab: int, n_ctx: int, rope_base: float, norm_eps: float,
                  qtype: GGMLQuantizationType, n_rot: int) -> None:
-    writer.add_name(f"synthetic-{arch}-{dim}x{n_layers}-{qtype.name}")
+    # no architecture in the name: llama.cpp keys token attributes on names such as "phi3"
+    writer.add_name(f"synthetic-{dim}x{n_layers}-{qtype.name}")
     writer.add_block_count(n_layers)
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(dim)

@@ -161,11 +161,16 @@ def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict
 @verbose_option
 @_guard
 def info(model, as_json, tensors, devices, backend):
-    """Describe MODEL: architecture, shapes, tokenizer, context and memory."""
+    """Describe MODEL: architecture, shapes, tokenizer, context and memory (without MODEL: the
+    supported architectures)."""
     if devices:
         return _devices(as_json)
     if model is None:
-        raise LocalLLMError("info needs a MODEL (or --devices)")
+        from .models import supported
+        archs = supported()
+        click.echo(json.dumps({"supported_architectures": archs}) if as_json
+                   else f"supported architectures: {', '.join(archs)}")
+        return
     from . import load
     llm = load(model, backend=resolve_backend(backend))
     d = llm.info()

@@ -1,4 +1,4 @@
-"""Random-weight llama GGUF files, laid out the way llama.cpp's convert + quantize tools write them.
+"""Random-weight GGUF files (llama and the other architectures of models/), laid out the way llama.cpp's convert + quantize tools write them.
 
 They give tests and benchmarks models of any shape (up to 1B+ parameters) without downloading
 one. Weights are N(0, 0.02) (norms near 1) so activations stay sane. Every tensor draws from its
@@ -16,6 +16,7 @@ import logging
 import os
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 Q = GGMLQuantizationType
 QK_K = 256
 WEIGHT_STD = 0.02
+BIAS_STD = 0.5
 _CHUNK_ELEMS = 1 << 22  # floats generated and quantized at a time (16 MiB transient)
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
@@ -53,18 +55,45 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 DEFAULT_MERGES = 400
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How an architecture's tensors differ from llama's, as llama.cpp's converters write them."""
+
+    qkv_bias: bool = False        # attn_q/k/v.bias
+    qk_norm: bool = False         # attn_q_norm / attn_k_norm [head_dim]
+    post_norms: bool = False      # post_attention_norm / post_ffw_norm
+    fused_qkv: bool = False       # attn_qkv [(H + 2 KV) * head_dim, dim]
+    fused_gate_up: bool = False   # ffn_up [2 * ffn, dim] = [gate; up], no ffn_gate
+    rope_factors: tuple[str, ...] = ()   # global per-pair factor tensors [n_rot/2]
+    tied: bool = False            # the output is always the embedding table
+
+
+LAYOUTS = {
+    "llama": Layout(), "qwen2": Layout(qkv_bias=True), "qwen3": Layout(qk_norm=True),
+    "phi3": Layout(fused_qkv=True, fused_gate_up=True, rope_factors=("rope_factors_long", "rope_factors_short")),
+    "gemma2": Layout(post_norms=True, tied=True), "gemma3": Layout(qk_norm=True, post_norms=True),
+}
+
+
 def make_random_gguf(
     path: str | os.PathLike[str], *, arch: str = "llama", dim: int = 64, n_layers: int = 2, n_heads: int = 4,
     n_kv_heads: int = 2, ffn: int = 128, vocab: int | None = None, n_ctx: int = 512, tensor_type: str = "Q8_0",
     output_type: str | None = None, tied: bool = False, seed: int = 0, rope_base: float = 10000.0,
     norm_eps: float = 1e-5, tokenizer_from: str | os.PathLike[str] | None = None, head_dim: int | None = None,
+    n_rot: int | None = None, rope_freqs: bool = False, rope_scaling: dict[str, Any] | None = None,
+    sliding_window: int | None = None, softcap: tuple[float, float] | None = None, output_std: float = WEIGHT_STD,
     chat_template: bool = True,
 ) -> Path:
-    """Write a random-weight llama GGUF to `path` (atomically) and return it; chat_template=False
-    leaves the template out (as a base model's file)."""
-    if arch != "llama":
-        raise ValueError(f"only the llama layout is generated, not {arch!r}")
+    """Write a random-weight GGUF of architecture `arch` (LAYOUTS) to `path` (atomically) and
+    return it. chat_template=False leaves the template out (as a base model's file). n_rot: rotated dims per head (partial rotary; default all); rope_freqs: a llama
+    rope_freqs.weight (Llama 3.1 factors); rope_scaling: rope.scaling.* keys ("type", "factor",
+    "original_context_length", "attn_factor"); softcap: (attention, final) logit soft-capping;
+    output_std: the output head's weight scale (larger: more peaked logits)."""
+    if arch not in LAYOUTS:
+        raise ValueError(f"no generator layout for {arch!r} (have {', '.join(LAYOUTS)})")
+    layout = LAYOUTS[arch]
     head_dim = head_dim or dim // n_heads
+    n_rot = n_rot or head_dim
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
     tok = _tokenizer_kv(tokenizer_from, vocab)
@@ -73,14 +102,19 @@ def make_random_gguf(
     vocab = len(tok["tokenizer.ggml.tokens"][0])
     qtype = _qtype(tensor_type)
     otype = _qtype(output_type) if output_type else _default_output(tensor_type, dim)
-    specs = _tensor_specs(dim, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, qtype, otype, tied)
+    factors = layout.rope_factors + (("rope_freqs",) if rope_freqs else ())
+    specs = _tensor_specs(dim, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, qtype, otype,
+                          tied or layout.tied, layout, n_rot, factors)
+    head = "token_embd.weight" if tied or layout.tied else "output.weight"
+    stds = {head: output_std}
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = GGUFWriter(tmp, arch)
     try:
         _add_hparams(writer, arch, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, n_ctx,
-                     rope_base, norm_eps, qtype)
+                     rope_base, norm_eps, qtype, n_rot)
+        _add_extras(writer, arch, rope_scaling, sliding_window, softcap)
         for key, (value, vtype, sub_type) in tok.items():
             writer.add_key_value(key, value, vtype, sub_type)
         for name, shape, ttype in specs:
@@ -89,7 +123,7 @@ def make_random_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for name, shape, ttype in specs:
-            writer.write_tensor_data(_encode_tensor(name, shape, ttype, seed))
+            writer.write_tensor_data(_encode_tensor(name, shape, ttype, seed, stds.get(name)))
         writer.close()
         os.replace(tmp, path)
     except BaseException:
@@ -100,10 +134,11 @@ def make_random_gguf(
     return path
 
 
-def random_weights(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """The float32 values `make_random_gguf` generated for tensor `name` before encoding it."""
+def random_weights(name: str, shape: tuple[int, ...], seed: int = 0, std: float | None = None) -> np.ndarray:
+    """The float32 values `make_random_gguf` generated for tensor `name` before encoding it
+    (std: the output head's, when make_random_gguf was given an output_std)."""
     rows = _n_rows(shape)
-    return np.concatenate([x for _, _, x in _weight_chunks(name, rows, shape[-1], seed)]).reshape(shape)
+    return np.concatenate([x for _, _, x in _weight_chunks(name, rows, shape[-1], seed, std)]).reshape(shape)
 
 
 # --- tensors ------------------------------------------------------------------------------
@@ -120,26 +155,37 @@ def _default_output(tensor_type: str, dim: int) -> GGMLQuantizationType:
 
 
 def _tensor_specs(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, ffn: int, vocab: int,
-                  qtype: GGMLQuantizationType, otype: GGMLQuantizationType,
-                  tied: bool) -> list[tuple[str, tuple[int, ...], GGMLQuantizationType]]:
+                  qtype: GGMLQuantizationType, otype: GGMLQuantizationType, tied: bool, layout: Layout = Layout(),
+                  n_rot: int = 0, factors: tuple[str, ...] = ()) -> list[tuple[str, tuple[int, ...], GGMLQuantizationType]]:
     """(name, numpy shape, type) in file order; numpy shape = ggml ne reversed, rows first."""
     specs = [("token_embd.weight", (vocab, dim), qtype)]
+    nq, nkv = n_heads * head_dim, n_kv_heads * head_dim
     for i in range(n_layers):
         b = f"blk.{i}."
-        specs += [
-            (b + "attn_norm.weight", (dim,), Q.F32),
-            (b + "attn_q.weight", (n_heads * head_dim, dim), qtype),
-            (b + "attn_k.weight", (n_kv_heads * head_dim, dim), qtype),
-            (b + "attn_v.weight", (n_kv_heads * head_dim, dim), qtype),
-            (b + "attn_output.weight", (dim, n_heads * head_dim), qtype),
-            (b + "ffn_norm.weight", (dim,), Q.F32),
-            (b + "ffn_gate.weight", (ffn, dim), qtype),
-            (b + "ffn_up.weight", (ffn, dim), qtype),
-            (b + "ffn_down.weight", (dim, ffn), qtype),
-        ]
+        specs.append((b + "attn_norm.weight", (dim,), Q.F32))
+        if layout.fused_qkv:
+            specs.append((b + "attn_qkv.weight", (nq + 2 * nkv, dim), qtype))
+        else:
+            specs += [(b + f"attn_{p}.weight", (n, dim), qtype) for p, n in (("q", nq), ("k", nkv), ("v", nkv))]
+        if layout.qkv_bias:
+            specs += [(b + f"attn_{p}.bias", (n,), Q.F32) for p, n in (("q", nq), ("k", nkv), ("v", nkv))]
+        if layout.qk_norm:
+            specs += [(b + "attn_q_norm.weight", (head_dim,), Q.F32), (b + "attn_k_norm.weight", (head_dim,), Q.F32)]
+        specs.append((b + "attn_output.weight", (dim, nq), qtype))
+        if layout.post_norms:
+            specs.append((b + "post_attention_norm.weight", (dim,), Q.F32))
+        specs.append((b + "ffn_norm.weight", (dim,), Q.F32))
+        if layout.fused_gate_up:
+            specs.append((b + "ffn_up.weight", (2 * ffn, dim), qtype))
+        else:
+            specs += [(b + "ffn_gate.weight", (ffn, dim), qtype), (b + "ffn_up.weight", (ffn, dim), qtype)]
+        specs.append((b + "ffn_down.weight", (dim, ffn), qtype))
+        if layout.post_norms:
+            specs.append((b + "post_ffw_norm.weight", (dim,), Q.F32))
     specs.append(("output_norm.weight", (dim,), Q.F32))
     if not tied:
         specs.append(("output.weight", (vocab, dim), otype))
+    specs += [(f"{name}.weight", (n_rot // 2,), Q.F32) for name in factors]
     for name, shape, ttype in specs:
         block = GGML_QUANT_SIZES[ttype][0]
         if shape[-1] % block:
@@ -160,22 +206,30 @@ def _stored_layout(shape: tuple[int, ...], ttype: GGMLQuantizationType) -> tuple
     return (*shape[:-1], shape[-1] // block * type_size), np.dtype(np.uint8), nbytes
 
 
-def _weight_chunks(name: str, rows: int, cols: int, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def _weight_chunks(name: str, rows: int, cols: int, seed: int,
+                   std: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """(first row, end row, float32 [r, cols]) slices of the tensor, drawn from one stream, so the
-    values do not depend on the chunking."""
+    values do not depend on the chunking. Norms are near 1, biases N(0, BIAS_STD) (large enough to
+    matter), rope factors 1 + |N(0, 2)| (positive divisors of the angles)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     mean = np.float32(1.0 if name.endswith("norm.weight") else 0.0)
+    std = std or (BIAS_STD if name.endswith(".bias") else WEIGHT_STD)
     step = max(1, _CHUNK_ELEMS // cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        yield r0, r1, rng.standard_normal((r1 - r0, cols), dtype=np.float32) * np.float32(WEIGHT_STD) + mean
+        x = rng.standard_normal((r1 - r0, cols), dtype=np.float32)
+        if name.startswith("rope_"):
+            yield r0, r1, np.float32(1) + np.abs(x) * np.float32(2)
+        else:
+            yield r0, r1, x * np.float32(std) + mean
 
 
-def _encode_tensor(name: str, shape: tuple[int, ...], ttype: GGMLQuantizationType, seed: int) -> np.ndarray:
+def _encode_tensor(name: str, shape: tuple[int, ...], ttype: GGMLQuantizationType, seed: int,
+                   std: float | None = None) -> np.ndarray:
     rows = _n_rows(shape)
     stored, dtype, _ = _stored_layout((rows, shape[-1]), ttype)
     out = np.empty(stored, dtype=dtype)
-    for r0, r1, x in _weight_chunks(name, rows, shape[-1], seed):
+    for r0, r1, x in _weight_chunks(name, rows, shape[-1], seed, std):
         out[r0:r1] = _encode(x, ttype)
     return out
 
@@ -246,8 +300,9 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
 
 def _add_hparams(writer: GGUFWriter, arch: str, dim: int, n_layers: int, n_heads: int, n_kv_heads: int,
                  head_dim: int, ffn: int, vocab: int, n_ctx: int, rope_base: float, norm_eps: float,
-                 qtype: GGMLQuantizationType) -> None:
-    writer.add_name(f"synthetic-{arch}-{dim}x{n_layers}-{qtype.name}")
+                 qtype: GGMLQuantizationType, n_rot: int) -> None:
+    # no architecture in the name: llama.cpp keys token attributes on names such as "phi3"
+    writer.add_name(f"synthetic-{dim}x{n_layers}-{qtype.name}")
     writer.add_block_count(n_layers)
     writer.add_context_length(n_ctx)
     writer.add_embedding_length(dim)
@@ -256,13 +311,27 @@ def _add_hparams(writer: GGUFWriter, arch: str, dim: int, n_layers: int, n_heads
     writer.add_head_count_kv(n_kv_heads)
     writer.add_rope_freq_base(rope_base)
     writer.add_layer_norm_rms_eps(norm_eps)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(n_rot)
     if head_dim * n_heads != dim:  # llama.cpp assumes dim / n_heads unless told otherwise
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_vocab_size(vocab)
     writer.add_file_type(_FILE_TYPE[qtype])
     writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _add_extras(writer: GGUFWriter, arch: str, rope_scaling: dict[str, Any] | None, sliding_window: int | None,
+                softcap: tuple[float, float] | None) -> None:
+    """The optional `<arch>.*` keys: rope scaling, sliding window, soft-capping."""
+    f32, u32, s = GGUFValueType.FLOAT32, GGUFValueType.UINT32, GGUFValueType.STRING
+    kinds = {"type": s, "factor": f32, "original_context_length": u32, "attn_factor": f32}
+    for key, value in (rope_scaling or {}).items():
+        writer.add_key_value(f"{arch}.rope.scaling.{key}", value, kinds[key])
+    if sliding_window is not None:
+        writer.add_key_value(f"{arch}.attention.sliding_window", sliding_window, u32)
+    if softcap is not None:
+        writer.add_key_value(f"{arch}.attn_logit_softcapping", float(softcap[0]), f32)
+        writer.add_key_value(f"{arch}.final_logit_softcapping", float(softcap[1]), f32)
 
 
 KV = dict[str, tuple[Any, GGUFValueType, GGUFValueType | None]]

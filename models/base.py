@@ -2,6 +2,7 @@
 llama.cpp's defaults) and weights bound by their exact GGUF tensor names."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,10 @@ from gguf import quants
 from ..backend.base import Backend
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf_file import GGUFFile, Tensor
+
+
+# llama.cpp's llama_rope_scaling_type names; any other is refused (llama.cpp asserts)
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 
 
 @dataclass
@@ -29,8 +34,13 @@ class ModelConfig:
     ffn_dim: int
     n_rot: int          # rope.dimension_count: leading dims of each head that are rotated
     rope_base: float
-    rope_freq_scale: float  # 1/factor for linear rope scaling, else 1
+    rope_freq_scale: float  # 1/rope.scaling.factor (any scaling type but none), else 1
     norm_eps: float
+    rope_scaling: str = "linear"    # none | linear | yarn | longrope (llama.cpp's default: linear)
+    n_ctx_orig: int = 0             # rope.scaling.original_context_length (YaRN, LongRoPE's long/short pick)
+    rope_attn_factor: float = 1.0   # rope.scaling.attn_factor: multiplies the rotated dims (cos and sin)
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
 
 
 def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -53,15 +63,17 @@ def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer
         raise GGUFError(f"invalid shape in metadata: embedding_length={dim}, head_count={n_heads}")
     head_k = _int(meta, k("attention.key_length"), dim // n_heads)
     tokens = meta.get("tokenizer.ggml.tokens")
-    scaling = meta.get(k("rope.scaling.type"), "none")
-    factor = float(meta.get(k("rope.scaling.factor"), 0.0) or 0.0)
-    freq_scale = 1.0 / factor if scaling == "linear" and factor > 0 else 1.0
-    if scaling not in ("none", "linear"):
-        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported yet")
+    scaling = meta.get(k("rope.scaling.type"), "linear")
+    if scaling not in ROPE_SCALING_TYPES:
+        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported "
+                                    f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
+    factor = float(meta.get(k("rope.scaling.factor"), meta.get(k("rope.scale_linear"), 0.0)) or 0.0)
+    freq_scale = 1.0 / factor if scaling != "none" and factor > 0 else 1.0
+    n_ctx_train = _int(meta, k("context_length"), 2048)
     return ModelConfig(
         arch=arch,
         n_vocab=_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None),
-        n_ctx_train=_int(meta, k("context_length"), 2048),
+        n_ctx_train=n_ctx_train,
         dim=dim,
         n_layers=_int(meta, k("block_count")),
         n_heads=n_heads,
@@ -73,24 +85,65 @@ def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer
         rope_base=float(meta.get(k("rope.freq_base"), 10000.0)),
         rope_freq_scale=freq_scale,
         norm_eps=float(meta.get(k(eps_key), 1e-5)),
+        rope_scaling=scaling,
+        n_ctx_orig=_int(meta, k("rope.scaling.original_context_length"), n_ctx_train),
+        rope_attn_factor=float(meta.get(k("rope.scaling.attn_factor"), 1.0)),
+        yarn_beta_fast=float(meta.get(k("rope.scaling.yarn_beta_fast"), 32.0)),
+        yarn_beta_slow=float(meta.get(k("rope.scaling.yarn_beta_slow"), 1.0)),
     )
 
 
-class Model:
-    """Base of the architecture classes: binds GGUF tensors by name through the backend.
-    Subclasses list `GLOBAL_TENSORS`, `LAYER_TENSORS` (with `{}` for the block index) and
-    `OPTIONAL` names, and implement `forward`."""
+@dataclass(frozen=True)
+class Block:
+    """How an architecture's transformer block differs from llama's (the defaults). Biases
+    (`<name>.bias` next to a projection) are used wherever the file has them."""
 
-    GLOBAL_TENSORS: tuple[str, ...] = ()
+    rope_neox: bool = False       # NEOX pairs (i, i + n_rot/2), else NORM pairs (2i, 2i+1)
+    qk_norm: bool = False         # RMSNorm over each head of Q and K (attn_q_norm, attn_k_norm), before RoPE
+    post_norms: bool = False      # sandwich: RMSNorm of the attention and FFN outputs before their residual add
+    gelu: bool = False            # GeGLU (ggml's tanh GELU), else SwiGLU
+    embed_scale: bool = False     # embeddings times sqrt(dim)
+    fused_qkv: bool = False       # attn_qkv holds [Q; K; V] by rows (split at load when present)
+    fused_gate_up: bool = False   # ffn_up holds [gate; up] by rows (split at load when ffn_gate is absent)
+
+
+@dataclass(frozen=True)
+class Rope:
+    """One layer's rotary settings as the backends' rope op takes them."""
+
+    base: float
+    freq_scale: float
+    factors: np.ndarray | None    # [n_rot/2] divisors of each pair's angle (llama.cpp's freq_factors), or None
+    mscale: float                 # multiplies cos and sin (YaRN's magnitude, LongRoPE's attn_factor)
+
+
+class Model:
+    """Base of the architecture classes and the one transformer forward they share. A subclass
+    states its tensors (`GLOBAL_TENSORS`, `LAYER_TENSORS` with `{}` for the block index,
+    `OPTIONAL` names) and its `BLOCK` flags, and overrides the per-layer hooks (`is_swa`,
+    `rope_base`, `attn_scale`, `rope_factor_tensor`) where it differs."""
+
+    GLOBAL_TENSORS: tuple[str, ...] = ("token_embd.weight", "output_norm.weight", "output.weight")
     LAYER_TENSORS: tuple[str, ...] = ()
-    OPTIONAL: frozenset[str] = frozenset()
+    OPTIONAL: frozenset[str] = frozenset({"output.weight"})   # absent = tied to token_embd
+    BLOCK = Block()
+    ARCH = ""
+    # per-projection biases llama.cpp reads where present (its create_tensor ... TENSOR_NOT_REQUIRED)
+    BIASES = ("attn_q", "attn_k", "attn_v", "attn_output")
+
+    @classmethod
+    def config(cls, meta: dict[str, Any]) -> ModelConfig:
+        return read_config(meta, cls.ARCH)
 
     def __init__(self, gguf: GGUFFile, cfg: ModelConfig, backend: Backend) -> None:
-        self.cfg, self.ops = cfg, backend
+        self.cfg, self.ops, self.meta = cfg, backend, gguf.metadata
         self.weights: dict[str, Any] = {}
+        self.rope_neox = self.BLOCK.rope_neox
+        tensors = self._split_fused(gguf)
         names = list(self.GLOBAL_TENSORS) + [n.format(i) for i in range(cfg.n_layers) for n in self.LAYER_TENSORS]
-        for name in names:
-            tensor = gguf.tensors.get(name)
+        names += [f"blk.{i}.{p}.bias" for i in range(cfg.n_layers) for p in self.BIASES if f"blk.{i}.{p}.bias" in tensors]
+        for name in dict.fromkeys(names):
+            tensor = tensors.get(name)
             if tensor is None:
                 if name in self.OPTIONAL:
                     continue
@@ -100,18 +153,152 @@ class Model:
                 raise UnsupportedModelError(f"{name}: {reason}")
             self.weights[name] = backend.upload(tensor)
         self.layers = [self._layer(i) for i in range(cfg.n_layers)]
-        self._head_tensor = gguf.tensors.get("output.weight") or gguf.tensors.get("token_embd.weight")
+        self._head_tensor = tensors.get("output.weight" if "output.weight" in self.weights else "token_embd.weight")
         self._head: Any = None     # limit_output's trimmed head
+        meta = self.meta
+        self.attn_softcap = float(meta.get(f"{cfg.arch}.attn_logit_softcapping", self.ATTN_SOFTCAP)) if self.ATTN_SOFTCAP else 0.0
+        self.final_softcap = float(meta.get(f"{cfg.arch}.final_logit_softcapping", self.FINAL_SOFTCAP))
+        self._rope_factors = {n: _vector(gguf.tensors[n]) for n in self.ROPE_FACTOR_TENSORS if n in gguf.tensors}
+        self._ropes: dict[tuple[int, int], Rope] = {}
+        k = lambda name: f"{cfg.arch}.{name}"  # noqa: E731
+        self._window = int(meta.get(k("attention.sliding_window"), self.WINDOW)) if self.SWA_PATTERN else 0
+        self.is_swa = swa_layers(meta.get(k("attention.sliding_window_pattern"), self.SWA_PATTERN), cfg.n_layers) \
+            if self._window > 0 else [False] * cfg.n_layers
+        self._base_swa = float(meta.get(k("rope.freq_base_swa"), self.ROPE_BASE_SWA or cfg.rope_base))
+
+    # tanh soft-capping of attention scores / final logits (0: none): the defaults when the file
+    # names none (`<arch>.final_logit_softcapping` is read for every architecture,
+    # `attn_logit_softcapping` only for one with a default, as llama.cpp's attn_soft_cap)
+    ATTN_SOFTCAP = 0.0
+    FINAL_SOFTCAP = 0.0
+    ROPE_FACTOR_TENSORS: tuple[str, ...] = ("rope_freqs.weight",)
+    # sliding-window layers: llama.cpp's set_swa_pattern(n) (layer il slides when il % n < n - 1;
+    # 0: no sliding layers), read from attention.sliding_window_pattern (a number or a per-layer
+    # array) when the file has a window; WINDOW: the window when the file names none
+    SWA_PATTERN = 0
+    WINDOW = 0
+    ROPE_BASE_SWA = 0.0           # the sliding layers' rope base when the file names none (0: the global one)
+    SWA_ROPE_UNSCALED = False     # sliding layers ignore rope scaling (llama.cpp's rope_freq_scale_train_swa = 1)
+
+    def _split_fused(self, gguf: GGUFFile) -> dict[str, Tensor]:
+        """The file's tensors, with fused projections (BLOCK.fused_qkv, fused_gate_up) as the
+        separate row ranges the block reads."""
+        tensors, c = dict(gguf.tensors), self.cfg
+        for i in range(c.n_layers):
+            b = f"blk.{i}."
+            if self.BLOCK.fused_qkv and b + "attn_qkv.weight" in tensors:
+                q, kv = c.n_heads * c.head_dim_k, c.n_kv_heads * c.head_dim_k
+                parts = {"attn_q": (0, q), "attn_k": (q, q + kv), "attn_v": (q + kv, q + kv + c.n_kv_heads * c.head_dim_v)}
+                tensors.update(_row_split(tensors.pop(b + "attn_qkv.weight"), b, parts))
+            if self.BLOCK.fused_gate_up and b + "ffn_gate.weight" not in tensors and b + "ffn_up.weight" in tensors:
+                f = c.ffn_dim
+                tensors.update(_row_split(tensors.pop(b + "ffn_up.weight"), b, {"ffn_gate": (0, f), "ffn_up": (f, 2 * f)}))
+        return tensors
 
     def _layer(self, i: int) -> SimpleNamespace:
-        """blk.i.attn_q.weight -> layers[i].attn_q (attribute named like the GGUF tensor)."""
+        """blk.i.attn_q.weight -> layers[i].attn_q, blk.i.attn_q.bias -> layers[i].attn_q_b."""
         prefix = f"blk.{i}."
-        return SimpleNamespace(**{name[len(prefix):].removesuffix(".weight"): w
+        return SimpleNamespace(**{name[len(prefix):].removesuffix(".weight").replace(".bias", "_b"): w
                                   for name, w in self.weights.items() if name.startswith(prefix)})
 
     def w(self, name: str) -> Any:
         return self.weights.get(name + ".weight")
 
+    def features(self) -> set[str]:
+        """What this model's step needs beyond a plain llama block, by name (a fast path that
+        lacks one of them declines)."""
+        b, L0 = self.BLOCK, self.layers[0] if self.layers else SimpleNamespace()
+        flags = {"rope_neox": b.rope_neox, "qk_norm": b.qk_norm, "post_norms": b.post_norms, "geglu": b.gelu,
+                 "embed_scale": b.embed_scale, "attn_softcap": bool(self.attn_softcap),
+                 "final_softcap": bool(self.final_softcap), "rope_factors": bool(self._rope_factors),
+                 "rope_yarn": self.cfg.rope_scaling == "yarn" and self.cfg.rope_freq_scale != 1.0,
+                 "rope_mscale": self.cfg.rope_attn_factor != 1.0,
+                 "biases": any(hasattr(L0, p + "_b") for p in self.BIASES),
+                 "sliding_window": any(self.window(il) for il in range(self.cfg.n_layers))}
+        return {name for name, on in flags.items() if on}
+
+    # --- per-layer settings (architectures override) -------------------------------------------
+    def window(self, il: int) -> int:
+        """Sliding-window size of layer il (0: global attention)."""
+        return self._window if self.is_swa[il] else 0
+
+    def attn_scale(self) -> float:
+        return 1.0 / math.sqrt(self.cfg.head_dim_k)
+
+    def rope_factor_tensor(self, n_ctx: int) -> np.ndarray | None:
+        """Per-pair frequency factors: Llama 3.1's rope_freqs (architectures with long/short
+        factors pick by context size)."""
+        return self._rope_factors.get("rope_freqs.weight")
+
+    def rope(self, il: int, n_ctx: int) -> Rope:
+        """Layer il's rotary settings, as llama.cpp derives them (llama-context.cpp, ggml's rope_yarn)."""
+        swa = self.is_swa[il]
+        key = (swa, n_ctx)
+        r = self._ropes.get(key)
+        if r is None:
+            c = self.cfg
+            base = self._base_swa if swa else c.rope_base
+            fs = 1.0 if swa and self.SWA_ROPE_UNSCALED else c.rope_freq_scale
+            r = self._ropes[key] = rope_settings(c, base, fs, self.rope_factor_tensor(n_ctx))
+        return r
+
+    # --- the forward --------------------------------------------------------------------------
+    def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
+        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
+        fast = getattr(self.ops, "fused_forward", None)   # a backend's compiled form of this function
+        if fast is not None:
+            out = fast(self, tokens, cache, all_logits)
+            if out is not None:
+                return out
+        ops, c = self.ops, self.cfg
+        pos = cache.offset + np.arange(len(tokens))                               # [T]
+        x = ops.get_rows(self.w("token_embd"), tokens)                            # [T, dim]
+        if self.BLOCK.embed_scale:
+            x = ops.scale(x, math.sqrt(c.dim))
+        for il, L in enumerate(self.layers):
+            x = self.block(x, L, il, pos, cache)
+        if not all_logits:
+            x = x[-1:]
+        x = ops.rms_norm(x, self.w("output_norm"), c.norm_eps)
+        logits = ops.matmul(x, self.output_weight())                              # [T or 1, vocab]
+        if self.final_softcap:
+            logits = ops.softcap(logits, self.final_softcap)
+        return ops.to_numpy(logits)
+
+    def _proj(self, x: Any, L: SimpleNamespace, name: str) -> Any:
+        """x times layer weight `name`, plus its bias where the file has one."""
+        y = self.ops.matmul(x, getattr(L, name))
+        b = getattr(L, name + "_b", None)
+        return y if b is None else self.ops.bias(y, b)
+
+    def block(self, x: Any, L: SimpleNamespace, il: int, pos: np.ndarray, cache: Any) -> Any:
+        """One transformer block on x [T, dim], as BLOCK describes it."""
+        ops, c, b = self.ops, self.cfg, self.BLOCK
+        T = len(pos)
+        h = ops.rms_norm(x, L.attn_norm, c.norm_eps)                                   # [T, dim]
+        q = self._proj(h, L, "attn_q").reshape(T, c.n_heads, c.head_dim_k)            # [T, H, dk]
+        k = self._proj(h, L, "attn_k").reshape(T, c.n_kv_heads, c.head_dim_k)         # [T, KV, dk]
+        v = self._proj(h, L, "attn_v").reshape(T, c.n_kv_heads, c.head_dim_v)         # [T, KV, dv]
+        if b.qk_norm:
+            q, k = ops.rms_norm(q, L.attn_q_norm, c.norm_eps), ops.rms_norm(k, L.attn_k_norm, c.norm_eps)
+        r = self.rope(il, cache.n_ctx)
+        extra = {} if r.factors is None and r.mscale == 1.0 else {"factors": r.factors, "mscale": r.mscale}
+        q = ops.rope(q, pos, c.n_rot, r.base, b.rope_neox, r.freq_scale, **extra)
+        k = ops.rope(k, pos, c.n_rot, r.base, b.rope_neox, r.freq_scale, **extra)
+        soft = {"softcap": self.attn_softcap} if self.attn_softcap else {}
+        o = ops.attention(q, k, v, cache, il, int(pos[0]), self.attn_scale(), self.window(il), **soft)  # [T, H*dv]
+        o = self._proj(o, L, "attn_output")                                            # [T, dim]
+        if b.post_norms:
+            o = ops.rms_norm(o, L.post_attention_norm, c.norm_eps)
+        x = ops.add(x, o)
+        h = ops.rms_norm(x, L.ffn_norm, c.norm_eps)
+        act = ops.geglu if b.gelu else ops.swiglu
+        f = ops.matmul(act(ops.matmul(h, L.ffn_gate), ops.matmul(h, L.ffn_up)), L.ffn_down)  # [T, dim]
+        if b.post_norms:
+            f = ops.rms_norm(f, L.post_ffw_norm, c.norm_eps)
+        return ops.add(x, f)
+
+    # --- the output head ----------------------------------------------------------------------
     def output_weight(self) -> Any:
         """The output projection, tied to the embedding table when the file has none."""
         if self._head is not None:
@@ -130,9 +317,60 @@ class Model:
             return
         self._head = self.ops.upload(head_rows(t, rows, qtype))
 
-    def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
-        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
-        raise NotImplementedError
+
+LLAMA_TENSORS = ("blk.{}.attn_norm.weight", "blk.{}.attn_q.weight", "blk.{}.attn_k.weight", "blk.{}.attn_v.weight",
+                 "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight", "blk.{}.ffn_gate.weight",
+                 "blk.{}.ffn_up.weight", "blk.{}.ffn_down.weight")
+
+
+def swa_layers(pattern: Any, n_layers: int) -> list[bool]:
+    """Which layers slide: a per-layer array as stored, or llama.cpp's set_swa_pattern(n)."""
+    if isinstance(pattern, (list, np.ndarray)):
+        if len(pattern) != n_layers:
+            raise GGUFError(f"sliding_window_pattern has {len(pattern)} entries for {n_layers} layers")
+        return [bool(p) for p in pattern]
+    n = int(pattern)
+    return [n == 0 or il % n < n - 1 for il in range(n_layers)]
+
+
+def rope_settings(cfg: ModelConfig, base: float, fs: float, factors: np.ndarray | None) -> Rope:
+    """llama.cpp's rotary angles for one base: theta_i = pos * freq_scale * base^(-2i/n_rot) /
+    factors_i. YaRN (ggml's rope_yarn with ext_factor 1) mixes the interpolated and the
+    extrapolated angle per pair by a ramp over the correction dims; the mix is linear in pos, so
+    it folds into the per-pair factors, and its magnitude correction 1 + 0.1 ln(1/freq_scale)
+    (times rope.scaling.attn_factor) into mscale."""
+    half = cfg.n_rot // 2
+    if factors is not None and factors.shape != (half,):
+        raise GGUFError(f"rope frequency factors have shape {factors.shape}, expected ({half},)")
+    mscale = cfg.rope_attn_factor
+    if cfg.rope_scaling == "yarn" and fs != 1.0:
+        low, high = yarn_corr_dims(cfg.n_rot, cfg.n_ctx_orig, base, cfg.yarn_beta_fast, cfg.yarn_beta_slow)
+        ramp = 1.0 - np.clip((np.arange(half, dtype=np.float32) - low) / max(0.001, high - low), 0.0, 1.0)
+        mix = (np.float32(fs) * (1 - ramp) + ramp).astype(np.float32)            # angle multiplier per pair
+        factors = (np.ones(half, np.float32) if factors is None else factors) / mix
+        mscale *= 1.0 + 0.1 * math.log(1.0 / fs)
+        fs = 1.0
+    return Rope(base, fs, None if factors is None else np.ascontiguousarray(factors, np.float32), float(mscale))
+
+
+def yarn_corr_dims(n_rot: int, n_ctx_orig: int, base: float, beta_fast: float, beta_slow: float) -> tuple[float, float]:
+    """ggml_rope_yarn_corr_dims: the pair indices where YaRN's ramp starts and ends."""
+    def dim(n: float) -> float:
+        return n_rot * math.log(n_ctx_orig / (n * 2 * math.pi)) / (2 * math.log(base))
+    return max(0.0, math.floor(dim(beta_fast))), min(n_rot - 1.0, math.ceil(dim(beta_slow)))
+
+
+def _row_split(t: Tensor, prefix: str, parts: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
+    """Row ranges of a fused [rows, k] tensor as tensors of their own (views of its bytes)."""
+    end = max(r1 for _, r1 in parts.values())
+    if t.shape[0] != end:
+        raise GGUFError(f"{t.name}: {t.shape[0]} rows, expected {end} for the fused projection")
+    return {f"{prefix}{name}.weight": Tensor(f"{prefix}{name}.weight", t.type, (r1 - r0,) + tuple(t.shape[1:]),
+                                             t.data[r0:r1]) for name, (r0, r1) in parts.items()}
+
+
+def _vector(t: Tensor) -> np.ndarray:
+    return quants.dequantize(t.data, t.type).reshape(-1).astype(np.float32)
 
 
 def _bits(qtype: GGMLQuantizationType) -> float:

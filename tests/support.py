@@ -63,7 +63,11 @@ def closeness(key: str, logits_fn) -> dict[str, float]:
     """The three figures of tests/data/reference/README.md ("How close is close") over all
     positions of all cases: top-1 agreement, real flips, mean |Δ| at llama.cpp's top token.
     `logits_fn(ids)` returns teacher-forced logits [len(ids), n_vocab]."""
-    cases, npz = load_reference(key)
+    return figures(*load_reference(key), logits_fn)
+
+
+def figures(cases: dict, npz: dict[str, np.ndarray], logits_fn) -> dict[str, float]:
+    """closeness's figures for `cases` (the `<key>.json` layout) against `npz` (top-10 per position)."""
     agree = flips = n = 0
     dsum = 0.0
     for i, case in enumerate(cases["cases"]):

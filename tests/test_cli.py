@@ -263,3 +263,10 @@ def test_interactive_chat_survives_an_overlong_message_and_a_failed_save(tiny, t
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_info_without_model_lists_supported_architectures():
+    r = run("info", "--json")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["supported_architectures"]) >= {"llama", "qwen2", "qwen3", "phi3", "gemma2",
+                                                                   "gemma3"}

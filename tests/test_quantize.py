@@ -1,4 +1,4 @@
-"""The quantizer against llama-quantize: the exact bytes of shared/reference's SmolLM2 Q8_0 / Q4_0
+"""The quantizer against llama-quantize: the exact bytes of llama.cpp's SmolLM2 Q8_0 / Q4_0
 files, llama.cpp's per-tensor type rules, the metadata it writes, and safe writing."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from localllm.errors import LocalLLMError
 from localllm.gguf_file import GGUFFile
 from localllm.quantize import QuantizeError, quantize_file, quantize_q6_k
 
-# Whole-file sha256 prefixes from shared/reference/README.md: equal prefixes mean equal metadata
+# Whole-file sha256 prefixes from tests/data/reference/README.md: equal prefixes mean equal metadata
 # order and layout too, not only equal tensors.
 FILE_SHA_PREFIX = {"q8_0": "7b46609d", "q4_0": "aa4256f3"}
 
@@ -81,7 +81,7 @@ def test_metadata_copied_and_file_type_set(smollm2_path, quantized, qtype, ftype
 
 def test_quantized_model_runs_like_llama_cpps_q8_0(quantized):
     """Our Q8_0 file, run by our runtime, against llama.cpp running its own Q8_0 file (the short
-    cases of shared/reference; the long one would take a minute)."""
+    cases of tests/data/reference; the long one would take a minute)."""
     cases, npz = load_reference("smollm2-135m-q8_0")
     llm = localllm.load(quantized["q8_0"], n_ctx=256)
     try:

@@ -1,4 +1,4 @@
-"""Whole-model checks against llama.cpp's outputs in shared/reference (teacher-forced logits,
+"""Whole-model checks against llama.cpp's outputs in tests/data/reference (teacher-forced logits,
 tokenization, greedy continuation) through the public API and the reference backend."""
 from __future__ import annotations
 

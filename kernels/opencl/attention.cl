@@ -112,12 +112,13 @@ inline float team_max(__local float *p, float v, int tl)
 // lane i scores key i, the team takes the chunk's max and rescales its running sums, then each
 // lane accumulates its own output dims over the chunk's values. At the end the teams' (max,
 // sum, V sums) are merged. window > 0 keeps only keys with qpos - kpos < window (sliding-window
-// layers). pos [T]: the tokens' positions (consecutive). q [T, H, dk] (`scale` multiplies the
+// layers); softcap > 0 caps each scaled score at softcap * tanh(s / softcap). pos [T]: the tokens' positions (consecutive). q [T, H, dk] (`scale` multiplies the
 // scores), out [T, H, dv].
 // Launch: global (H * ATT_NS * ATT_LS, T), local (ATT_NS * ATT_LS, 1).
 __kernel void attention_f32_f16kv(__global const float *q, __global const half *kc,
                                   __global const half *vc, __global float *out, int H, int KV,
-                                  int dk, int dv, __global const int *pos, float scale, int window)
+                                  int dk, int dv, __global const int *pos, float scale, int window,
+                                  float softcap)
 {
     __local float qs[MAX_DK];
     __local float p[ATT_NS * ATT_LS];                  // each team's chunk weights
@@ -149,6 +150,7 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
             for (; i + 4 <= dk; i += 4) dotp = dot4_fma(vload4(0, qs + i), vload_half4(0, kr + i), dotp);
             for (; i < dk; i++) dotp = fma(qs[i], vload_half(i, kr), dotp);
             sc = dotp * scale;
+            if (softcap > 0.0f) sc = softcap * tanh(sc / softcap);
         }
         float cm = fmax(m, team_max(pt, sc, tl));
         // a team that has seen no key yet (cm = -inf) adds nothing (exp(-inf - -inf) is NaN)

@@ -54,6 +54,35 @@ __kernel void rope_f32(__global const float *x, __global const int *pos, __globa
     y[base + b] = r.y;
 }
 
+// rope_f32 with cos and sin times mscale (YaRN's magnitude, LongRoPE's attn_factor): the rotated
+// pair times mscale; dims past n_rot are copied unscaled.
+__kernel void rope_mscale_f32(__global const float *x, __global const int *pos, __global const float *inv,
+                              __global float *y, int heads, int d, int n_rot, int neox, float freq_scale,
+                              float mscale)
+{
+    int i = get_global_id(0), row = get_global_id(1), t = row / heads, a, b;
+    if (i >= d / 2) return;
+    size_t base = (size_t)row * d;
+    float2 r = rope_at(x + base, i, n_rot, neox, (float)pos[t] * freq_scale, inv, &a, &b);
+    float m = i < n_rot / 2 ? mscale : 1.0f;
+    y[base + a] = r.x * m;
+    y[base + b] = r.y * m;
+}
+
+// y = x + b broadcast over rows: x, y [n / d, d], b [d] (projection biases).
+__kernel void add_row_f32(__global const float *x, __global const float *b, __global float *y, int d, int n)
+{
+    int i = get_global_id(0);
+    if (i < n) y[i] = x[i] + b[i % d];
+}
+
+// y = cap * tanh(x / cap) (final logit soft-capping).
+__kernel void softcap_f32(__global const float *x, __global float *y, float cap, int n)
+{
+    int i = get_global_id(0);
+    if (i < n) y[i] = cap * tanh(x[i] / cap);
+}
+
 __kernel void add_f32(__global const float *a, __global const float *b, __global float *y, int n)
 {
     int i = get_global_id(0);

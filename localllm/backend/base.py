@@ -50,10 +50,16 @@ class Backend(ABC):
     @abstractmethod
     def rms_norm(self, x: Any, w: Any, eps: float) -> Any: ...                # over the last axis
     @abstractmethod
-    def rope(self, x: Any, pos: np.ndarray, n_rot: int, base: float, neox: bool, freq_scale: float = 1.0) -> Any: ...
+    def bias(self, x: Any, b: Any) -> Any: ...                                # x [..., n] + b [n]
+    @abstractmethod
+    def softcap(self, x: Any, cap: float) -> Any: ...                         # cap * tanh(x / cap)
+    # theta_i = pos * freq_scale * base^(-2i/n_rot) / factors_i; cos and sin times mscale (backend/rope.py)
+    @abstractmethod
+    def rope(self, x: Any, pos: np.ndarray, n_rot: int, base: float, neox: bool, freq_scale: float = 1.0,
+             factors: np.ndarray | None = None, mscale: float = 1.0) -> Any: ...
     @abstractmethod
     def attention(self, q: Any, k: Any, v: Any, cache: SequenceCache, layer: int, pos0: int,
-                  scale: float, window: int = 0) -> Any: ...                  # [T,H,dk],[T,KV,dk],[T,KV,dv] -> [T, H*dv]
+                  scale: float, window: int = 0, softcap: float = 0.0) -> Any: ...  # [T,H,dk],[T,KV,dk],[T,KV,dv] -> [T, H*dv]
     @abstractmethod
     def swiglu(self, gate: Any, up: Any) -> Any: ...
     @abstractmethod

@@ -8,6 +8,7 @@ interleaved the same way (kernels.ops's d8 layout) for a vectorised float matmul
 compiled call writing into a fresh output array."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -25,6 +26,11 @@ from ..kernels.quant import QK, R8_TYPES, R8Weight, dequantize_r8, quantize_q8_0
 from . import rope
 from .numpy_ref import NumpyBackend
 
+log = logging.getLogger(__name__)
+
+# what the fused step (kernels.fused) computes beyond a plain llama block: nothing yet, so a model
+# that needs any feature (Model.features: biases, rope factors, QK-norm, soft-capping...) runs op by op
+FUSED_FEATURES: frozenset[str] = frozenset()
 SERIAL_QUANT_ROWS = 4  # below this many activation rows a parallel region costs more than it saves
 
 
@@ -56,7 +62,8 @@ class NumbaBackend(NumpyBackend):
         self.fused = True                           # False: fused_forward declines (the op-by-op path runs)
         self._last_x: np.ndarray | None = None      # the activation quantized last, and its Q8_0 form:
         self._last_q: tuple[np.ndarray, ...] = ()   # q, k, v (and gate, up) share one input
-        self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}   # (n_rot, base, scale): cos, sin [n, n_rot/2]
+        self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}   # rope setting: cos, sin [n, n_rot/2]
+        self._warned_softcap = False
 
     # --- weights ------------------------------------------------------------------------------
     def upload(self, tensor: Tensor):
@@ -99,8 +106,13 @@ class NumbaBackend(NumpyBackend):
         plan = getattr(model, "_fused_plan", None)
         if plan is None:
             from .fused import FusedLlama
-            plan = "disabled by LOCALLLM_FUSED=0" if os.environ.get("LOCALLLM_FUSED", "1") == "0" \
-                else FusedLlama.build(model, self)
+            extra = sorted(model.features() - FUSED_FEATURES) if hasattr(model, "features") else []
+            if os.environ.get("LOCALLLM_FUSED", "1") == "0":
+                plan = "disabled by LOCALLLM_FUSED=0"
+            elif extra:
+                plan = f"the fused step lacks {', '.join(extra)}"
+            else:
+                plan = FusedLlama.build(model, self)
             model._fused_plan = plan
         return plan
 
@@ -141,30 +153,39 @@ class NumbaBackend(NumpyBackend):
         ops.rms_norm(x.reshape(-1, x.shape[-1]), w, eps, out.reshape(-1, x.shape[-1]))
         return out
 
-    def _cos_sin(self, pos: np.ndarray, n_rot: int, base: float, freq_scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """The reference's angles (same float32 expression, element by element) at positions pos,
-        rows of a table per rope setting that doubles when a position passes its end: a decode
-        step gets two slices instead of a dozen small numpy calls (~40 µs a step)."""
-        key, end = (n_rot, base, freq_scale), int(pos.max()) + 1
+    def _cos_sin(self, pos: np.ndarray, n_rot: int, base: float, freq_scale: float,
+                 factors: np.ndarray | None = None, mscale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """The reference's angles (backend/rope.py, element by element) at positions pos, rows of a
+        table per rope setting that doubles when a position passes its end: a decode step gets
+        two slices instead of a dozen small numpy calls (~40 µs a step)."""
+        key = (n_rot, base, freq_scale, None if factors is None else factors.tobytes(), mscale)
+        end = int(pos.max()) + 1
         cos, sin = self._rope_tables.get(key, (np.empty((0, n_rot // 2), np.float32),) * 2)
         if end > len(cos):
             n = max(end, 2 * len(cos), 256)
-            theta = rope.angles(np.arange(n), n_rot, base, freq_scale)                 # [n, n_rot/2]
-            cos, sin = self._rope_tables[key] = np.cos(theta), np.sin(theta)
+            cos, sin = self._rope_tables[key] = rope.cos_sin(np.arange(n), n_rot, base,
+                                                             freq_scale, factors, mscale)   # [n, n_rot/2]
         p0 = int(pos[0])
         if len(pos) == end - p0:                       # consecutive positions (every forward): views
             return cos[p0:end], sin[p0:end]
         return cos[pos], sin[pos]
 
     def rope(self, x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
-             freq_scale: float = 1.0) -> np.ndarray:
+             freq_scale: float = 1.0, factors: np.ndarray | None = None, mscale: float = 1.0) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)                 # [T, heads, d]
         out = np.empty_like(x)
-        ops.rope(x, *self._cos_sin(pos, n_rot, base, freq_scale), neox, out)
+        ops.rope(x, *self._cos_sin(pos, n_rot, base, freq_scale, factors, mscale), neox, out)
         return out
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int,
-                  pos0: int, scale: float, window: int = 0) -> np.ndarray:
+                  pos0: int, scale: float, window: int = 0, softcap: float = 0.0) -> np.ndarray:
+        if softcap > 0:
+            # the SIMD attention kernels have no soft-capping: the reference's attention (float32
+            # scores from the same float16 cache) does it
+            if not self._warned_softcap:
+                log.info("attention soft-capping runs in the numpy reference attention (no SIMD kernel)")
+                self._warned_softcap = True
+            return super().attention(q, k, v, cache, layer, pos0, scale, window, softcap)
         T, H, _ = q.shape
         cache.k[layer, pos0:pos0 + T] = k                             # float16, rounded like the reference
         cache.v[layer, pos0:pos0 + T] = v

@@ -75,16 +75,23 @@ class NumpyBackend(Backend):
     def scale(self, x: np.ndarray, s: float) -> np.ndarray:
         return x * np.float32(s)
 
+    def bias(self, x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return x + b
+
+    def softcap(self, x: np.ndarray, cap: float) -> np.ndarray:
+        return (np.float32(cap) * np.tanh(x / np.float32(cap))).astype(np.float32)
+
     def rms_norm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
         ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
         return (x / np.sqrt(ms + eps)).astype(np.float32) * w
 
     def rope(self, x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
-             freq_scale: float = 1.0) -> np.ndarray:
+             freq_scale: float = 1.0, factors: np.ndarray | None = None, mscale: float = 1.0) -> np.ndarray:
         """x: [T, heads, d]; rotates the first n_rot dims of each head. NORM mode pairs (2i, 2i+1),
-        NEOX mode pairs (i, i + n_rot/2); theta_i = pos * freq_scale * base^(-2i/n_rot)."""
-        theta = rope.angles(pos, n_rot, base, freq_scale)                                   # [T, n_rot/2]
-        cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]                     # [T, 1, n_rot/2]
+        NEOX mode pairs (i, i + n_rot/2); theta_i = pos * freq_scale * base^(-2i/n_rot) / factors_i,
+        cos and sin times mscale (the dims past n_rot are copied)."""
+        cos, sin = rope.cos_sin(pos, n_rot, base, freq_scale, factors, mscale)  # [T, n_rot/2]
+        cos, sin = cos[:, None, :], sin[:, None, :]                                                  # [T, 1, n_rot/2]
         out = x.copy()
         if neox:
             a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
@@ -97,15 +104,18 @@ class NumpyBackend(Backend):
         return out
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int,
-                  pos0: int, scale: float, window: int = 0) -> np.ndarray:
+                  pos0: int, scale: float, window: int = 0, softcap: float = 0.0) -> np.ndarray:
         """Stores k, v at positions pos0.. then attends causally over the cache (and within
-        `window` positions when window > 0). Materialises [H, T, S] scores: fine for an oracle."""
+        `window` positions when window > 0); softcap > 0 caps the scaled scores at
+        softcap * tanh(s / softcap). Materialises [H, T, S] scores: fine for an oracle."""
         T, H, dk = q.shape
         kv_heads, dv = v.shape[1], v.shape[2]
         keys, vals = cache.store(layer, pos0, k, v)             # [S, KV, dk], [S, KV, dv] float32
         S = keys.shape[0]
         qg = q.reshape(T, kv_heads, H // kv_heads, dk)            # GQA: query heads grouped per KV head
         scores = np.einsum("tgrd,sgd->grts", qg, keys) * np.float32(scale)  # [KV, H/KV, T, S]
+        if softcap > 0:
+            scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
         qpos = pos0 + np.arange(T)[:, None]
         kpos = np.arange(S)[None, :]
         masked = kpos > qpos

@@ -133,7 +133,55 @@ _FAMILIES: list[tuple[tuple[str, ...], PreTokenizer]] = [
         r"|\s*[\r\n]|\s+(?!\S)|\s+",
     ), clean_spaces=False)),
     (("kimi-k2",), PreTokenizer((_KIMI_K2,), clean_spaces=False)),
+    (("qwen35",), PreTokenizer((
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+",
+    ), clean_spaces=False)),
+    (("laguna",), PreTokenizer((r"[^\n]+|[\n]+", _QWEN2), clean_spaces=False)),
+    (("tiny_aya", "cohere2moe"), PreTokenizer((
+        # \d and \b of a std::wregex in the C locale: ASCII digits, ASCII word characters
+        r"[0-9]{1,3}(?=(?:[0-9]{3})*(?![A-Za-z0-9_]))",
+        rf"[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]*[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]+{_CONTRACTIONS}?"
+        rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]+[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]*{_CONTRACTIONS}?"
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ), clean_spaces=False)),
+    (("exaone-moe",), PreTokenizer((
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+        r"|\s*[\r\n]|\s+(?!\S)|\s+",
+    ))),
+    (("granite-embed-multi-97m",), PreTokenizer((
+        rf"[^\r\n\p{{L}}\p{{N}}]?(?:(?=[\p{{L}}\p{{M}}])[^a-z])*(?:(?=[\p{{L}}\p{{M}}])[^A-Z])+{_CONTRACTIONS}?"
+        rf"|[^\r\n\p{{L}}\p{{N}}]?(?:(?=[\p{{L}}\p{{M}}])[^a-z])+(?:(?=[\p{{L}}\p{{M}}])[^A-Z])*{_CONTRACTIONS}?"
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ), clean_spaces=False, ignore_merges=True)),
+    (("minicpm5",), PreTokenizer((
+        r"\p{N}{1,3}",
+        _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ), ignore_merges=True)),
+    (("spark2_5",), PreTokenizer((
+        r"\p{N}{1,3}",
+        r"[一-龥぀-ゟ゠-ヿ]+",
+        r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+"""
+        r"|[\r\n]|\s+(?!\S)|\s+",
+        r"\p{N}",
+    ), clean_spaces=False)),
+    (("youtu",), PreTokenizer((
+        r"[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|[一-龥぀-ゟ゠-ヿ]+",
+        rf"[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]*[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]+{_CONTRACTIONS}?"
+        rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{Lu}}\p{{Lt}}\p{{Lm}}\p{{Lo}}\p{{M}}]+[\p{{Ll}}\p{{Lm}}\p{{Lo}}\p{{M}}]*{_CONTRACTIONS}?"
+        r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ), clean_spaces=False, ignore_merges=True)),
+    (("ufakzeka",), PreTokenizer((
+        r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ), clean_spaces=False)),
 ]
+
+# llama.cpp's families this splitter cannot express, and why: refused by name, never approximated.
+UNSUPPORTED_PRE_TOKENIZERS = {
+    **dict.fromkeys(("gemma4", "granite-embed-multi-311m", "sarvam-moe", "whitespace"),
+                    "its vocabulary holds raw UTF-8 pieces (no GPT-2 byte encoding), which this BPE does not read"),
+    "afmoe": "it splits digits by llama.cpp's custom \\p{AFMoE_digits} class",
+}
 
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {name: pre for names, pre in _FAMILIES for name in names}
 

@@ -4,15 +4,17 @@ llama.cpp's text-based auto-detection (which also promotes the tokens it finds t
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from .pretokenizers import PRE_TOKENIZERS, PreTokenizer
+from .pretokenizers import PRE_TOKENIZERS, UNSUPPORTED_PRE_TOKENIZERS, PreTokenizer
 
 log = logging.getLogger(__name__)
+ENV_PRE_TOKENIZER = "LOCALLLM_PRE_TOKENIZER"   # forces a pre-tokenizer family (a file with an unknown name)
 
 # llama_token_attr bits
 ATTR_UNKNOWN = 1 << 0
@@ -202,13 +204,24 @@ class Vocab:
 
 
 def _pre_tokenizer(md: dict[str, Any]) -> tuple[str, PreTokenizer]:
-    name = md.get("tokenizer.ggml.pre")
+    """The family `tokenizer.ggml.pre` names, or the one $LOCALLLM_PRE_TOKENIZER forces. A name
+    llama.cpp does not know is refused, as llama.cpp does ("unknown pre-tokenizer type"): a
+    fallback would tokenize wrongly without a word."""
+    forced = os.environ.get(ENV_PRE_TOKENIZER)
+    name = forced or md.get("tokenizer.ggml.pre")
     if not name:
-        log.warning("GGUF has no tokenizer.ggml.pre; using the 'default' pre-tokenizer (quality may degrade)")
+        log.warning("GGUF has no tokenizer.ggml.pre; using the 'default' pre-tokenizer (as llama.cpp does)")
         return "default", PRE_TOKENIZERS["default"]
+    if name in UNSUPPORTED_PRE_TOKENIZERS:
+        raise UnsupportedModelError(f"pre-tokenizer {name!r} is not supported: {UNSUPPORTED_PRE_TOKENIZERS[name]}")
     if name not in PRE_TOKENIZERS:
-        log.warning("unknown pre-tokenizer %r; using the 'default' pre-tokenizer (quality may degrade)", name)
-        return str(name), PRE_TOKENIZERS["default"]
+        shown = str(name) if len(str(name)) <= 64 else f"{str(name)[:64]}..."
+        how = f"{ENV_PRE_TOKENIZER} names" if forced else "the GGUF's tokenizer.ggml.pre names"
+        raise UnsupportedModelError(f"unknown pre-tokenizer {shown!r} ({how} it); set {ENV_PRE_TOKENIZER} to a "
+                                    f"known family (e.g. llama3, qwen2, gpt-2) to tokenize as that family")
+    if forced:
+        log.warning("pre-tokenizer forced to %r by %s (the file says %r)", name, ENV_PRE_TOKENIZER,
+                    md.get("tokenizer.ggml.pre"))
     return str(name), PRE_TOKENIZERS[name]
 
 

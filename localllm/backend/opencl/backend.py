@@ -179,6 +179,17 @@ class OpenCLBackend(Backend):
     def scale(self, x: DeviceArray, s: float) -> DeviceArray:
         return self._elementwise("scale_f32", [x], np.float32(s))
 
+    def bias(self, x: DeviceArray, b: DeviceArray) -> DeviceArray:
+        x = self._dense(x)
+        out = self._empty(x.shape)
+        n = x.size
+        self._run("add_row_f32", (-(-n // EW_LS) * EW_LS,), (EW_LS,), x.buf, b.buf, out.buf, np.int32(b.size),
+                  np.int32(n))
+        return out
+
+    def softcap(self, x: DeviceArray, cap: float) -> DeviceArray:
+        return self._elementwise("softcap_f32", [x], np.float32(cap))
+
     def swiglu(self, gate: DeviceArray, up: DeviceArray) -> DeviceArray:
         return self._elementwise("swiglu_f32", [gate, up])
 
@@ -203,26 +214,31 @@ class OpenCLBackend(Backend):
             self._positions[key] = self._write(np.frombuffer(key, dtype=np.int32), "pos")
         return self._positions[key]
 
-    def _inv(self, n_rot: int, base: float) -> DeviceArray:
-        """rope's inverse frequencies [n_rot/2], the reference's float32 expression, uploaded once."""
-        key = (n_rot, base)
+    def _inv(self, n_rot: int, base: float, factors: np.ndarray | None = None) -> DeviceArray:
+        """rope's inverse frequencies [n_rot/2] (divided by the per-pair factors), the reference's
+        float32 expression, uploaded once."""
+        key = (n_rot, base, None if factors is None else factors.tobytes())
         if key not in self._inv_freq:
-            inv = rope.inv_frequencies(n_rot, base)
+            inv = rope.inv_frequencies(n_rot, base, factors)
             self._inv_freq[key] = DeviceArray(self.dev.buffer(inv.nbytes, "rope frequencies", inv), inv.shape)
         return self._inv_freq[key]
 
     def rope(self, x: DeviceArray, pos: np.ndarray, n_rot: int, base: float, neox: bool,
-             freq_scale: float = 1.0) -> DeviceArray:
+             freq_scale: float = 1.0, factors: np.ndarray | None = None, mscale: float = 1.0) -> DeviceArray:
         x = self._dense(x)                                                   # [T, heads, d]
         T, heads, d = x.shape
         out = self._empty(x.shape)
         g0 = -(-(d // 2) // EW_LS) * EW_LS
-        self._run("rope_f32", (g0, T * heads), (EW_LS, 1), x.buf, self._pos(pos).buf, self._inv(n_rot, base).buf,
-                  out.buf, np.int32(heads), np.int32(d), np.int32(n_rot), np.int32(neox), np.float32(freq_scale))
+        args = (x.buf, self._pos(pos).buf, self._inv(n_rot, base, factors).buf, out.buf, np.int32(heads), np.int32(d),
+                np.int32(n_rot), np.int32(neox), np.float32(freq_scale))
+        if mscale != 1.0:
+            self._run("rope_mscale_f32", (g0, T * heads), (EW_LS, 1), *args, np.float32(mscale))
+        else:
+            self._run("rope_f32", (g0, T * heads), (EW_LS, 1), *args)
         return out
 
     def attention(self, q: DeviceArray, k: DeviceArray, v: DeviceArray, cache: DeviceKVCache, layer: int,
-                  pos0: int, scale: float, window: int = 0) -> DeviceArray:
+                  pos0: int, scale: float, window: int = 0, softcap: float = 0.0) -> DeviceArray:
         q, k, v = self._dense(q), self._dense(k), self._dense(v)
         T, H, dk = q.shape
         kv_heads, dv = v.shape[1], v.shape[2]
@@ -236,7 +252,7 @@ class OpenCLBackend(Backend):
         ls = self.dev.att_ls * self.dev.att_ns
         self._run("attention_f32_f16kv", (H * ls, T), (ls, 1), q.buf, cache.k[layer], cache.v[layer], out.buf,
                   np.int32(H), np.int32(kv_heads), np.int32(dk), np.int32(dv), pos, np.float32(scale),
-                  np.int32(window))
+                  np.int32(window), np.float32(softcap))
         return out
 
     def to_numpy(self, x: DeviceArray) -> np.ndarray:

@@ -29,12 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType as QT
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 from numba import njit, prange
 
 from .simd import f16_to_f32, f32_to_f16, scale_at
 
-QK = 32    # quants per block (the activation block size too)
+QK = GGML_QUANT_SIZES[QT.Q8_0][0]    # quants per block (32; the activation block size too)
 R = 8      # rows per group
 U4, U8, Q6 = "u4", "u8", "q6"
 ZERO_POINTS = {QT.Q4_0: 8, QT.Q5_0: 16, QT.Q8_0: 128}   # m = -zero * d exactly: m is not stored

@@ -7,10 +7,11 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 
 KV_TYPES = ("f16", "f32", "q8_0")
-QK = 32  # values per Q8_0 block
+QK = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]  # values per Q8_0 block (32)
 
 
 class SequenceCache(ABC):

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType as QT
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
 from ...gguf_file import Tensor
 from ..numpy_ref import SUPPORTED_TYPES
 from .device import Device
 
-QK = 32  # elements per block of Q4_0 / Q4_1 / Q8_0
+QK = GGML_QUANT_SIZES[QT.Q8_0][0]  # elements per block of Q4_0 / Q4_1 / Q8_0 (32)
 BLOCK_BYTES = {QT.Q4_0: 18, QT.Q4_1: 20, QT.Q8_0: 34}
 
 

@@ -11,7 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants
 
 from ..backend.base import Backend
-from ..errors import GGUFError, UnsupportedModelError
+from ..errors import GGUFError, UnsupportedModelError, quoted
 from ..gguf_file import GGUFFile, Tensor
 
 
@@ -57,7 +57,7 @@ def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer
     factor = float(meta.get(k("rope.scaling.factor"), 0.0) or 0.0)
     freq_scale = 1.0 / factor if scaling == "linear" and factor > 0 else 1.0
     if scaling not in ("none", "linear"):
-        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported yet")
+        raise UnsupportedModelError(f"rope scaling type {quoted(scaling)} is not supported yet")
     return ModelConfig(
         arch=arch,
         n_vocab=_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None),
@@ -94,7 +94,7 @@ class Model:
             if tensor is None:
                 if name in self.OPTIONAL:
                     continue
-                raise GGUFError(f"{gguf.path}: missing tensor {name!r} required by architecture {cfg.arch}")
+                raise GGUFError(f"{gguf.path}: missing tensor {quoted(name)} required by architecture {cfg.arch}")
             reason = backend.decline_reason(tensor)
             if reason:
                 raise UnsupportedModelError(f"{name}: {reason}")

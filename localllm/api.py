@@ -340,6 +340,11 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
     kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
     device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
+    validate.integer("draft_k", draft_k, minimum=1)
+    validate.integer("prefix_cache_bytes", prefix_cache_bytes, minimum=0)
+    validate.number("draft_p_min", draft_p_min, minimum=0.0, maximum=1.0)
+    if draft_vocab is not None:
+        validate.integer("draft_vocab", draft_vocab, minimum=0)
     llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget,
                     prefix_cache_bytes, device)
     if kv_type != "f16" and not vocab_only:
@@ -359,11 +364,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
                                 f"{llm.path.name}: speculative decoding needs identical tokens")
         if draft_vocab is None:
             draft_vocab = default_draft_vocab(llm.draft.gguf.metadata.get("tokenizer.ggml.model"))
-        if draft_vocab < 0:
-            raise LocalLLMError(f"draft_vocab must be 0 (the whole vocabulary) or positive, not {draft_vocab}")
         llm.draft.model.limit_output(draft_vocab, DRAFT_HEAD_TYPE)
-    if not 0.0 <= draft_p_min <= 1.0:
-        raise LocalLLMError(f"draft_p_min must be between 0 and 1, not {draft_p_min}")
     if lookup is None:
         lookup = draft is not None
     llm.lookup, llm.draft_k, llm.spec_auto, llm.draft_p_min = lookup, draft_k, spec_auto, draft_p_min
@@ -374,6 +375,10 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
               device=None) -> LLM:
     from .catalog import resolve_model
 
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise LocalLLMError(f"model must be a path or a catalog name, not {quoted(path_or_name)}")
+    if threads is not None:
+        validate.integer("threads", threads, minimum=1)
     path = resolve_model(str(path_or_name))
     gguf = GGUFFile(path)
     arch = gguf.architecture
@@ -384,9 +389,9 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
     cfg = cls.config(gguf.metadata)
     be = get_backend(backend, threads=threads, device=device)
     model = cls(gguf, cfg, be)
-    budget = kv_budget if kv_budget is not None else int(os.environ.get("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET))
-    if n_ctx is not None and n_ctx <= 0:
-        raise LocalLLMError(f"n_ctx must be positive, got {n_ctx}")
-    ctx = n_ctx if n_ctx is not None else default_n_ctx(cfg, budget)
+    budget = validate.integer("kv_budget", kv_budget, minimum=1) if kv_budget is not None \
+        else validate.env_int("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET)
+    ctx = validate.integer("n_ctx", n_ctx, minimum=1) if n_ctx is not None else default_n_ctx(cfg, budget)
+    validate.n_ctx_fits(ctx, kv_bytes_per_token(cfg))
     log.info("loaded %s (%s, %d layers) on %s, n_ctx=%d", path.name, arch, cfg.n_layers, be.name, ctx)
     return LLM(gguf, tokenizer, model, be, ctx, budget, chat_template, prefix_cache_bytes)

@@ -267,8 +267,10 @@ class LLM:
 
     # --- sessions ---------------------------------------------------------------------------
     def save_state(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
-        """Write the conversation's tokens and KV cache (plus `extra`, e.g. chat messages)."""
+        """Write the conversation's tokens and KV cache (plus `extra`, e.g. chat messages: a dict
+        that JSON can encode)."""
         self._need_model()
+        _check_path("path", path)
         with self._lock:
             state = self._sequence().cache.snapshot()   # what the cache holds; no stream is disturbed
             save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), extra or {})
@@ -276,15 +278,16 @@ class LLM:
     def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore a state saved by `save_state` with this model; returns its `extra`."""
         self._need_model()
+        _check_path("path", path)
+        cache = self._sequence().cache
+        if not hasattr(cache, "restore"):
+            raise LocalLLMError(f"backend {self.backend.name} cannot load sessions (its KV cache stays on the device)")
+        layout = {name: (a.dtype, a.shape) for name, a in cache.arrays.items()}
+        state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg), layout, self.n_ctx,
+                                    self.n_vocab)
         with self._lock:
-            state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg))
-            if len(state.tokens) > self.n_ctx:
-                raise LocalLLMError(f"{path}: session holds {len(state.tokens)} tokens, context is {self.n_ctx}")
-            try:
-                self._take_sequence().cache.restore(state)
-            except ValueError as e:
-                raise LocalLLMError(f"{path}: {e}") from None
-            return extra
+            self._take_sequence().cache.restore(state)
+        return extra
 
     # --- description ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -317,6 +320,11 @@ class LLM:
             self._seq = None
             self.model = None
             self.gguf.close()
+
+
+def _check_path(name: str, path: Any) -> None:
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or "\0" in str(path):
+        raise LocalLLMError(f"{name} must be a file path, not {quoted(path)}")
 
 
 def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .cli_common import terminal_safe
 from .errors import LocalLLMError
 
 HELP = """commands:
@@ -113,7 +114,7 @@ class ChatSession:
                 self.history = [m for m in fitted if m.get("role") != "system" or not self.system]
             for piece in self.llm.chat(fitted, stop=self.stop, **self.settings):
                 parts.append(piece)
-                sys.stdout.write(piece)
+                sys.stdout.write(terminal_safe(piece))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             click.echo("\n(stopped)", err=True)

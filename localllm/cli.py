@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import _guard
+from .cli_common import _guard, terminal_safe
 from .errors import LocalLLMError
 from .speculative import DRAFT_K, DRAFT_P_MIN
 
@@ -91,7 +91,7 @@ def run(model, prompt, max_tokens, system, n_ctx, threads, backend, device, kv_t
 
 def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict) -> None:
     for piece in llm.generate(prompt, max_tokens=max_tokens, stop=stop, **sampling):
-        sys.stdout.write(piece)
+        sys.stdout.write(terminal_safe(piece))
         sys.stdout.flush()
     sys.stdout.write("\n")
     s = llm.last_stats

@@ -106,6 +106,7 @@ class LLM:
             raise LocalLLMError(f"{self.path.name} was loaded with vocab_only=True: it has no weights to run")
 
     def _sequence(self) -> Sequence:
+        """Created on first use; callers other than tests hold `self._lock`."""
         if self._seq is None:
             c = self.model.cfg
             args = (c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
@@ -269,20 +270,25 @@ class LLM:
     def save_state(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
         """Write the conversation's tokens and KV cache (plus `extra`, e.g. chat messages: a dict
         that JSON can encode)."""
-        self._need_model()
         _check_path("path", path)
         with self._lock:
-            state = self._sequence().cache.snapshot()   # what the cache holds; no stream is disturbed
-            save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), extra or {})
+            self._need_model()
+            cache = self._sequence().cache   # as it is: no stream is parked
+            if not hasattr(cache, "snapshot"):
+                raise LocalLLMError(f"backend {self.backend.name} cannot save sessions (its KV cache stays on the device)")
+            state = cache.snapshot()   # what the cache holds now
+        save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), {} if extra is None else extra)
 
     def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore a state saved by `save_state` with this model; returns its `extra`."""
-        self._need_model()
         _check_path("path", path)
-        cache = self._sequence().cache
-        if not hasattr(cache, "restore"):
-            raise LocalLLMError(f"backend {self.backend.name} cannot load sessions (its KV cache stays on the device)")
-        layout = {name: (a.dtype, a.shape) for name, a in cache.arrays.items()}
+        with self._lock:
+            self._need_model()
+            cache = self._sequence().cache   # as it is: no stream is parked
+            if not hasattr(cache, "restore"):
+                raise LocalLLMError(f"backend {self.backend.name} cannot load sessions (its KV cache stays on the device)")
+            layout = {name: (a.dtype, a.shape) for name, a in cache.arrays.items()}
+        # outside the lock: reading and checking a file may take a while
         state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg), layout, self.n_ctx,
                                     self.n_vocab)
         with self._lock:

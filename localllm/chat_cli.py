@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from . import validate
 from .cli_common import terminal_safe
 from .errors import LocalLLMError
 
@@ -98,10 +99,16 @@ class ChatSession:
             return
         key, kind = PARAMS[name]
         try:
-            self.settings[key] = kind(value.strip())
+            settings = {**self.settings, key: kind(value.strip())}
         except ValueError:
             click.echo(f"error: {name} needs a {kind.__name__} value, got {value.strip()!r}", err=True)
             return
+        try:   # checked now rather than failing the next reply
+            validate.sampling(**{k: v for k, v in settings.items() if k in validate.SAMPLING_KEYS})
+        except LocalLLMError as e:
+            click.echo(f"error: {e}", err=True)
+            return
+        self.settings = settings
         click.echo(f"({key} = {self.settings[key]})", err=True)
 
     def reply(self) -> None:

@@ -54,15 +54,23 @@ def random_seed(value: Any) -> int | None:
     return None if n == -1 else n
 
 
+# Logits are float32: dividing them by a smaller temperature or penalty (or multiplying by a larger
+# penalty) overflows to inf, and the probabilities to NaN.
+MIN_DIVISOR, MAX_FACTOR = 1e-30, 1e30
+
+
 def sampling(temperature: Any = 0.8, top_k: Any = 40, top_p: Any = 0.95, min_p: Any = 0.05,
              repeat_penalty: Any = 1.0, seed: Any = None) -> SamplingParams:
     """SamplingParams from caller values. top_k <= 0 turns top-k off, as in llama.cpp."""
+    temp = number("temperature", temperature, minimum=0.0)
+    if 0 < temp < MIN_DIVISOR:
+        raise LocalLLMError(f"temperature must be 0 (greedy) or at least {MIN_DIVISOR:g}, not {temp:g}")
     return SamplingParams(
-        temperature=number("temperature", temperature, minimum=0.0),
+        temperature=temp,
         top_k=integer("top_k", top_k),
         top_p=number("top_p", top_p, minimum=0.0, maximum=1.0),
         min_p=number("min_p", min_p, minimum=0.0, maximum=1.0),
-        repeat_penalty=number("repeat_penalty", repeat_penalty, minimum=0.0),
+        repeat_penalty=number("repeat_penalty", repeat_penalty, minimum=MIN_DIVISOR, maximum=MAX_FACTOR),
         seed=random_seed(seed),
     )
 

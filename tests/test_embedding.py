@@ -320,6 +320,7 @@ def test_bad_n_ctx(path, n_ctx, message):
 @pytest.mark.parametrize("kwargs, name", [
     (dict(temperature="abc"), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(min_p=1.5), "min_p"), (dict(top_p=-0.1), "top_p"), (dict(seed=-2), "seed"), (dict(seed="1"), "seed"),
+    (dict(temperature=1e-300), "temperature"), (dict(repeat_penalty=0), "repeat_penalty"),
     (dict(stop=5), "stop"), (dict(max_tokens="5"), "max_tokens"), (dict(top_k=2.5), "top_k"),
 ])
 def test_bad_generation_arguments(llm, kwargs, name):

@@ -122,13 +122,13 @@ def info(model, as_json, tensors, devices, backend):
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
-    for key, value in d.items():
+    for key, value in d.items():   # metadata comes from the file: escaped like generated text
         if isinstance(value, dict):
             click.echo(f"{key}:")
             for k, v in value.items():
-                click.echo(f"  {k}: {v}")
+                click.echo(terminal_safe(f"  {k}: {v}"))
         else:
-            click.echo(f"{key}: {value}")
+            click.echo(terminal_safe(f"{key}: {value}"))
 
 
 def _devices(as_json: bool) -> None:

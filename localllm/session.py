@@ -70,6 +70,8 @@ def load_session(path: str | os.PathLike[str], fingerprint: str, layout: dict[st
     try:
         with zipfile.ZipFile(path) as z:
             header = _header(path, _read(z, "header", np.dtype(np.uint8), (None,), MAX_HEADER_BYTES), fingerprint)
+            if header["n_tokens"] > n_ctx:
+                raise SessionError(f"{path}: session holds {header['n_tokens']} tokens, context is {n_ctx}")
             tokens = _read(z, "tokens", None, (header["n_tokens"],), n_ctx)
             arrays = {name: _read(z, f"kv_{name}", dtype, (shape[0], len(tokens), *shape[2:]), n_ctx)
                       for name, dtype, shape in ((n, *layout[n]) for n in layout)}

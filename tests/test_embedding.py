@@ -267,7 +267,8 @@ def _header(saved, **change) -> str:
 
 
 @pytest.mark.parametrize("case", ["header a list", "missing n_tokens", "deep JSON", "huge npy shape",
-                                  "token out of range", "NaN K/V", "K/V of another shape", "extra array"])
+                                  "more tokens than the context", "token out of range", "NaN K/V",
+                                  "K/V of another shape", "extra array"])
 def test_crafted_sessions_are_refused(llm, saved, tmp_path, case):
     tokens, k = saved[1]["tokens"], saved[1]["kv_k"]
     nan_k = k.copy()
@@ -277,6 +278,7 @@ def test_crafted_sessions_are_refused(llm, saved, tmp_path, case):
         "missing n_tokens": lambda: {"header": _header(saved, n_tokens=None)},
         "deep JSON": lambda: {"header": "[" * 100_000 + "]" * 100_000},
         "huge npy shape": lambda: {"tokens": _huge_npy()},
+        "more tokens than the context": lambda: {"header": _header(saved, n_tokens=10**12), "tokens": _huge_npy()},
         "token out of range": lambda: {"tokens": np.where(np.arange(len(tokens)) == 1, 10**6, tokens)
                                        .astype(np.int32)},
         "NaN K/V": lambda: {"kv_k": nan_k},

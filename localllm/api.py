@@ -68,7 +68,8 @@ class LLM:
     backends whose cache stays on the device, re-evaluated on resume) and restored when it next
     advances, so every stream produces what it would have alone. Interleaving thus costs a copy of
     a stream's K/V per switch; a server wanting concurrency should batch requests instead.
-    `save_state` saves what the cache holds at the time, whichever stream last advanced."""
+    `save_state` saves what the cache holds at the time, whichever stream last advanced;
+    `last_stats` are those of the stream that ended last."""
 
     def __init__(self, gguf: GGUFFile, tokenizer: Tokenizer, model=None, backend=None, n_ctx: int = 0,
                  kv_budget: int = DEFAULT_KV_BUDGET, chat_template: str | None = None,

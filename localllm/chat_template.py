@@ -7,9 +7,13 @@ A chat template is code that arrives inside a downloaded file, so it runs in jin
   undefined value, which a template can still print or test), so SSTI payloads such as
   CVE-2024-34359 fail on their first step;
 * every step that can build a large string or list in one go (`*`, `+`, `%`, `~`, string methods,
-  filters, printing) is measured before it runs and the output is capped;
+  filters, printing, each `str.format` field with its width and precision) is measured before it
+  runs and the output is capped;
 * a watchdog stops a render that runs too long or grows the process's heap too much (a loop that
-  keeps copies of a 4 MB string never takes one large step).
+  keeps copies of a 4 MB string never takes one large step); compiling, capability probes and the
+  render of one call share one time budget;
+* nesting too deep for jinja's parser is a `ChatTemplateError`, and printing a function (whose
+  text shows a memory address) is refused.
 
 Like llama.cpp (minja's polyfills), messages are adapted to what each template can print:
 content parts or plain text, tool-call arguments as JSON text or objects, and a system message

@@ -1,12 +1,13 @@
 """The Python API: `load()` returns an `LLM` that tokenizes, scores, generates and chats.
 
-Library manners: logging only (silent by default), nothing written to stdout, a lock so a GUI's
-worker thread and another thread cannot interleave on one KV cache."""
+Library manners: logging only (silent by default), nothing written to stdout, safe to use from
+several threads (see `LLM` for how streams share the one KV cache)."""
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 
 from .models import model_class
 from .backend import get_backend
-from .errors import ContextOverflowError, LocalLLMError
+from .errors import ContextOverflowError, LocalLLMError, quoted
 from .generator import Sequence, Stats, StopStringFilter, generate_ids
 from .gguf_file import GGUFFile
 from .kv_cache import PrefixCache
@@ -24,6 +25,7 @@ from .session import load_session, model_fingerprint, save_session
 from .speculative import (DRAFT_HEAD_TYPE, DRAFT_K, DRAFT_P_MIN, AdaptiveK, DraftModel, LookupThenDraft, PromptLookup,
                           default_draft_vocab, speculative_ids)
 from .tokenizer import StreamDecoder, Tokenizer
+from . import validate
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,33 @@ def default_n_ctx(cfg, budget: int) -> int:
     return int(min(cfg.n_ctx_train, fit))
 
 
+class _Slot:
+    """A stream's claim on the LLM's sequence. While the stream is the sequence's owner the cache
+    holds its state; when another call takes the sequence, the stream's state is parked here and
+    put back when the stream next advances. A stream drops its claim when it ends, is closed or is
+    garbage-collected (a dead weak reference), without taking any lock."""
+
+    __slots__ = ("parked", "done", "__weakref__")
+
+    def __init__(self) -> None:
+        self.parked: Any = None     # a KVState copy, or the token tuple where the cache cannot be copied
+        self.done = False
+
+
 class LLM:
-    """A loaded model. Create with `localllm.load`."""
+    """A loaded model. Create with `localllm.load`.
+
+    Safe to use from several threads; each stream is independent. A `generate`/`chat` iterator may
+    be advanced from any thread (as a thread pool or Starlette's `iterate_in_threadpool` does).
+    The model has one KV cache: a lock serializes the work on it one step at a time (a prompt's
+    evaluation or one token), never across a `yield`, so no call waits for a stream its caller
+    abandoned. When streams interleave (or `logits`, `load_state`, `reset` run while a stream is
+    unfinished), the unfinished stream's cache is parked: copied aside (the token list on
+    backends whose cache stays on the device, re-evaluated on resume) and restored when it next
+    advances, so every stream produces what it would have alone. Interleaving thus costs a copy of
+    a stream's K/V per switch; a server wanting concurrency should batch requests instead.
+    `save_state` saves what the cache holds at the time, whichever stream last advanced;
+    `last_stats` are those of the stream that ended last."""
 
     def __init__(self, gguf: GGUFFile, tokenizer: Tokenizer, model=None, backend=None, n_ctx: int = 0,
                  kv_budget: int = DEFAULT_KV_BUDGET, chat_template: str | None = None,
@@ -51,8 +78,9 @@ class LLM:
         self.path = Path(gguf.path)
         self.n_ctx, self.kv_budget = n_ctx, kv_budget
         self._chat_template_override = chat_template
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()       # held for one step at a time, never across a yield
         self._seq: Sequence | None = None
+        self._owner: weakref.ref[_Slot] | None = None   # the stream whose state the cache holds
         self.last_stats: dict[str, Any] = {}
         self.draft: LLM | None = None       # speculative decoding: a draft model, or
         self.lookup = False                 # prompt-lookup drafting (n-grams of the context)
@@ -71,7 +99,7 @@ class LLM:
         return self.tokenizer.encode(text, add_bos=add_bos, special=special)
 
     def detokenize(self, ids: list[int], special: bool = True) -> str:
-        return self.tokenizer.decode(ids, special=special)
+        return self.tokenizer.decode(validate.token_ids("ids", ids), special=special)
 
     # --- scoring ----------------------------------------------------------------------------
     def _need_model(self) -> None:
@@ -79,6 +107,7 @@ class LLM:
             raise LocalLLMError(f"{self.path.name} was loaded with vocab_only=True: it has no weights to run")
 
     def _sequence(self) -> Sequence:
+        """Created on first use; callers other than tests hold `self._lock`."""
         if self._seq is None:
             c = self.model.cfg
             args = (c.n_layers, self.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
@@ -87,19 +116,44 @@ class LLM:
             self._seq = Sequence(self.model, cache, self.prefix_cache if cache.can_snapshot else None)
         return self._seq
 
+    def _take_sequence(self, slot: _Slot | None = None) -> Sequence:
+        """The sequence, for the caller holding `self._lock`: an unfinished stream that owns it is
+        parked first, and `slot`'s own parked state put back (slot None: a one-off call)."""
+        self._need_model()
+        seq = self._sequence()
+        owner = self._owner() if self._owner is not None else None
+        if owner is slot:
+            return seq
+        if owner is not None and not owner.done:
+            owner.parked = seq.cache.snapshot() if hasattr(seq.cache, "snapshot") else tuple(seq.cache.tokens)
+        if slot is not None and slot.parked is not None:
+            self._unpark(seq, slot.parked)
+            slot.parked = None
+        self._owner = weakref.ref(slot) if slot is not None else None
+        return seq
+
+    @staticmethod
+    def _unpark(seq: Sequence, parked: Any) -> None:
+        if not isinstance(parked, tuple):
+            seq.cache.restore(parked)
+        elif parked:
+            seq.eval_prompt(list(parked), Stats())   # the cache cannot be copied: evaluate again
+        else:
+            seq.cache.trim(0)
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """float32 [len(ids), n_vocab]: teacher-forced logits over a fresh context."""
-        self._need_model()
+        ids = validate.token_ids("ids", ids)
         with self._lock:
-            seq = self._sequence()
+            seq = self._take_sequence()
             seq.cache.trim(0)
-            return seq.eval_prompt(list(ids), Stats(), all_logits=True)
+            return seq.eval_prompt(ids, Stats(), all_logits=True)
 
     def reset(self) -> None:
         """Forget the cached conversation."""
         with self._lock:
             if self._seq is not None:
-                self._seq.cache.trim(0)
+                self._take_sequence().cache.trim(0)
 
     # --- generation -------------------------------------------------------------------------
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8,
@@ -110,38 +164,42 @@ class LLM:
         with special tokens parsed; token ids are used as given. max_tokens < 0: until the context
         is full. Never splits a UTF-8 character; `last_stats` is set when the iterator ends."""
         self._need_model()
-        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
-        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        return self._stream(ids, params, max_tokens, stops)
+        prompt = validate.prompt(prompt)
+        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else prompt
+        params = validate.sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        return self._stream(ids, params, validate.integer("max_tokens", max_tokens), validate.stops(stop))
 
     def _stream(self, ids: list[int], params: SamplingParams, max_tokens: int, stops: list[str]) -> Iterator[str]:
         if len(ids) >= self.n_ctx:
             raise ContextOverflowError(
                 f"prompt is {len(ids)} tokens but the context holds {self.n_ctx} (no room to generate)")
-        stats = Stats()
-        with self._lock:
-            seq = self._sequence()
-            decoder, stopper = StreamDecoder(self.tokenizer), StopStringFilter(stops)
-            tokens = self._token_stream(seq, ids, params, max_tokens, stats)
-            try:
-                for tok in tokens:
-                    piece = stopper.push(decoder.feed(tok))
-                    if piece:
-                        yield piece
-                    if stopper.stopped:
-                        stats.stop_reason = "stop"
-                        break
-                if not stopper.stopped:
+        stats, slot = Stats(), _Slot()
+        decoder, stopper = StreamDecoder(self.tokenizer), StopStringFilter(stops)
+        tokens: Iterator[int] | None = None
+        try:
+            while not stopper.stopped:
+                with self._lock:   # one step; released before the yield, so any thread may go on
+                    seq = self._take_sequence(slot)
+                    if tokens is None:
+                        tokens = self._token_stream(seq, ids, params, max_tokens, stats)
+                    tok = next(tokens, None)
+                if tok is None:
                     tail = stopper.push(decoder.flush()) + ("" if stopper.stopped else stopper.flush())
                     if tail:
                         yield tail
-            except GeneratorExit:
-                stats.stop_reason = "cancelled"
-                raise
-            finally:
+                    return
+                piece = stopper.push(decoder.feed(tok))
+                if piece:
+                    yield piece
+            stats.stop_reason = "stop"
+        except GeneratorExit:
+            stats.stop_reason = "cancelled"
+            raise
+        finally:
+            slot.done = True   # no lock here: this may run in the garbage collector, on any thread
+            if tokens is not None:
                 tokens.close()
-                self.last_stats = stats.as_dict()
+            self.last_stats = stats.as_dict()
 
     def _token_stream(self, seq: Sequence, ids: list[int], params: SamplingParams, max_tokens: int,
                       stats: Stats) -> Iterator[int]:
@@ -184,15 +242,17 @@ class LLM:
         overflow: "error" raises ContextOverflowError when the conversation does not fit;
         "drop_oldest" drops the oldest turns (never the system prompt or the last message)."""
         self._need_model()
+        messages = validate.messages(messages)
         if overflow not in ("error", "drop_oldest"):
-            raise LocalLLMError(f"overflow must be 'error' or 'drop_oldest', not {overflow!r}")
+            raise LocalLLMError(f"overflow must be 'error' or 'drop_oldest', not {quoted(overflow)}")
+        unknown = sorted(set(kwargs) - {*validate.SAMPLING_KEYS, "stop"})
+        if unknown:
+            raise LocalLLMError(f"chat() got unknown argument {quoted(unknown[0])}")
+        params = validate.sampling(**{k: v for k, v in kwargs.items() if k != "stop"})
+        stops, max_tokens = validate.stops(kwargs.get("stop")), validate.integer("max_tokens", max_tokens)
         if overflow == "drop_oldest":
             messages = self.fit_messages(messages, reserve=min(64, self.n_ctx // 4))
         ids = self.chat_tokens(messages, add_generation_prompt)
-        gen_keys = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed"}
-        params = SamplingParams(**{k: v for k, v in kwargs.items() if k in gen_keys})
-        stop = kwargs.get("stop")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         return self._stream(ids, params, max_tokens, stops)
 
     @property
@@ -209,24 +269,32 @@ class LLM:
 
     # --- sessions ---------------------------------------------------------------------------
     def save_state(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
-        """Write the conversation's tokens and KV cache (plus `extra`, e.g. chat messages)."""
-        self._need_model()
+        """Write the conversation's tokens and KV cache (plus `extra`, e.g. chat messages: a dict
+        that JSON can encode)."""
+        _check_path("path", path)
         with self._lock:
-            state = self._sequence().cache.snapshot()
-            save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), extra or {})
+            self._need_model()
+            cache = self._sequence().cache   # as it is: no stream is parked
+            if not hasattr(cache, "snapshot"):
+                raise LocalLLMError(f"backend {self.backend.name} cannot save sessions (its KV cache stays on the device)")
+            state = cache.snapshot()   # what the cache holds now
+        save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), {} if extra is None else extra)
 
     def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore a state saved by `save_state` with this model; returns its `extra`."""
-        self._need_model()
+        _check_path("path", path)
         with self._lock:
-            state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg))
-            if len(state.tokens) > self.n_ctx:
-                raise LocalLLMError(f"{path}: session holds {len(state.tokens)} tokens, context is {self.n_ctx}")
-            try:
-                self._sequence().cache.restore(state)
-            except ValueError as e:
-                raise LocalLLMError(f"{path}: {e}") from None
-            return extra
+            self._need_model()
+            cache = self._sequence().cache   # as it is: no stream is parked
+            if not hasattr(cache, "restore"):
+                raise LocalLLMError(f"backend {self.backend.name} cannot load sessions (its KV cache stays on the device)")
+            layout = {name: (a.dtype, a.shape) for name, a in cache.arrays.items()}
+        # outside the lock: reading and checking a file may take a while
+        state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg), layout, self.n_ctx,
+                                    self.n_vocab)
+        with self._lock:
+            self._take_sequence().cache.restore(state)
+        return extra
 
     # --- description ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -254,10 +322,16 @@ class LLM:
         return d
 
     def close(self) -> None:
+        """Release the weights and the cache; unfinished streams raise LocalLLMError if advanced."""
         with self._lock:
             self._seq = None
             self.model = None
             self.gguf.close()
+
+
+def _check_path(name: str, path: Any) -> None:
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or "\0" in str(path):
+        raise LocalLLMError(f"{name} must be a file path, not {quoted(path)}")
 
 
 def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int | None = None,
@@ -281,6 +355,11 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     prefix_cache_bytes: memory for K/V of earlier conversations reused by later prompts (0: off).
     kv_type: "f16" (default, as llama.cpp), "f32", or "q8_0" (about half the memory of f16).
     device: the OpenCL device (index or name substring) for backend="opencl" or "auto"."""
+    validate.integer("draft_k", draft_k, minimum=1)
+    validate.integer("prefix_cache_bytes", prefix_cache_bytes, minimum=0)
+    validate.number("draft_p_min", draft_p_min, minimum=0.0, maximum=1.0)
+    if draft_vocab is not None:
+        validate.integer("draft_vocab", draft_vocab, minimum=0)
     llm = _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget,
                     prefix_cache_bytes, device)
     if kv_type != "f16" and not vocab_only:
@@ -300,11 +379,7 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
                                 f"{llm.path.name}: speculative decoding needs identical tokens")
         if draft_vocab is None:
             draft_vocab = default_draft_vocab(llm.draft.gguf.metadata.get("tokenizer.ggml.model"))
-        if draft_vocab < 0:
-            raise LocalLLMError(f"draft_vocab must be 0 (the whole vocabulary) or positive, not {draft_vocab}")
         llm.draft.model.limit_output(draft_vocab, DRAFT_HEAD_TYPE)
-    if not 0.0 <= draft_p_min <= 1.0:
-        raise LocalLLMError(f"draft_p_min must be between 0 and 1, not {draft_p_min}")
     if lookup is None:
         lookup = draft is not None
     llm.lookup, llm.draft_k, llm.spec_auto, llm.draft_p_min = lookup, draft_k, spec_auto, draft_p_min
@@ -315,6 +390,10 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
               device=None) -> LLM:
     from .catalog import resolve_model
 
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise LocalLLMError(f"model must be a path or a catalog name, not {quoted(path_or_name)}")
+    if threads is not None:
+        validate.integer("threads", threads, minimum=1)
     path = resolve_model(str(path_or_name))
     gguf = GGUFFile(path)
     arch = gguf.architecture
@@ -325,9 +404,9 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
     cfg = cls.config(gguf.metadata)
     be = get_backend(backend, threads=threads, device=device)
     model = cls(gguf, cfg, be)
-    budget = kv_budget if kv_budget is not None else int(os.environ.get("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET))
-    if n_ctx is not None and n_ctx <= 0:
-        raise LocalLLMError(f"n_ctx must be positive, got {n_ctx}")
-    ctx = n_ctx if n_ctx is not None else default_n_ctx(cfg, budget)
+    budget = validate.integer("kv_budget", kv_budget, minimum=1) if kv_budget is not None \
+        else validate.env_int("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET)
+    ctx = validate.integer("n_ctx", n_ctx, minimum=1) if n_ctx is not None else default_n_ctx(cfg, budget)
+    validate.n_ctx_fits(ctx, kv_bytes_per_token(cfg))
     log.info("loaded %s (%s, %d layers) on %s, n_ctx=%d", path.name, arch, cfg.n_layers, be.name, ctx)
     return LLM(gguf, tokenizer, model, be, ctx, budget, chat_template, prefix_cache_bytes)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import CHECKS
+from . import validate
+from .cli_common import terminal_safe
 from .errors import ContextOverflowError, LocalLLMError
 
 HELP = """commands:
@@ -116,11 +117,16 @@ class ChatSession:
             return
         key, kind = PARAMS[name]
         try:
-            new = kind(value.strip())
+            settings = {**self.settings, key: kind(value.strip())}
         except ValueError:
             click.echo(f"error: {name} needs a {kind.__name__} value, got {value.strip()!r}", err=True)
             return
-        self.settings[key] = CHECKS[key](new)      # a bad value raises before it is kept
+        try:   # checked now rather than failing the next reply
+            validate.sampling(**{k: v for k, v in settings.items() if k in validate.SAMPLING_KEYS})
+        except LocalLLMError as e:
+            click.echo(f"error: {e}", err=True)
+            return
+        self.settings = settings
         click.echo(f"({key} = {self.settings[key]})", err=True)
 
     def _stream(self):
@@ -144,7 +150,7 @@ class ChatSession:
         try:
             for piece in self._stream():
                 parts.append(piece)
-                sys.stdout.write(piece)
+                sys.stdout.write(terminal_safe(piece))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             click.echo("\n(stopped)", err=True)

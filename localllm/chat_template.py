@@ -7,9 +7,13 @@ A chat template is code that arrives inside a downloaded file, so it runs in jin
   undefined value, which a template can still print or test), so SSTI payloads such as
   CVE-2024-34359 fail on their first step;
 * every step that can build a large string or list in one go (`*`, `+`, `%`, `~`, string methods,
-  filters, printing) is measured before it runs and the output is capped;
+  filters, printing, each `str.format` field with its width and precision) is measured before it
+  runs and the output is capped;
 * a watchdog stops a render that runs too long or grows the process's heap too much (a loop that
-  keeps copies of a 4 MB string never takes one large step).
+  keeps copies of a 4 MB string never takes one large step); compiling, capability probes and the
+  render of one call share one time budget;
+* nesting too deep for jinja's parser is a `ChatTemplateError`, and printing a function (whose
+  text shows a memory address) is refused.
 
 Like llama.cpp (minja's polyfills), messages are adapted to what each template can print:
 content parts or plain text, tool-call arguments as JSON text or objects, and a system message
@@ -19,6 +23,7 @@ Every failure is a `ChatTemplateError` with a one-line message.
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import ctypes
 import functools
@@ -38,7 +43,7 @@ from typing import Any, NoReturn
 import jinja2
 import jinja2.ext
 from jinja2.compiler import CodeGenerator
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
 from jinja2.utils import Namespace
 
 from .errors import LocalLLMError
@@ -69,6 +74,11 @@ DEFAULT_LIMITS = RenderLimits()
 _MAX_INT_BITS = 4096  # `10**1000` is fine; `10**10**10` would take the CPU hostage
 _MAX_DEPTH = 64  # nesting beyond this is treated as too large to print
 _OPAQUE_SIZE = 64  # printed size assumed for objects that are not text, numbers or containers
+_FLOAT_DIGITS = 320  # the most characters `%f` prints for a float (1e308) without a precision
+_MAX_WIDTH_DIGITS = 9  # a width or precision of more digits is past any cap, and slow to parse
+# Printed, these show a memory address (`<function ... at 0x7f...>`): never what a prompt needs.
+_CODE_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.MethodWrapperType,
+               types.WrapperDescriptorType, types.MethodDescriptorType, functools.partial, type)
 # minja (llama.cpp's engine) lets templates grow their own lists, and Kimi's templates rely on
 # it; the inputs are deep-copied before rendering, so this never reaches the caller's data.
 _LIST_MUTATORS = frozenset({"append", "pop"})
@@ -83,6 +93,8 @@ def _text_size(value: Any, limit: int, depth: int = 0) -> int:
     how a tiny list prints as gigabytes); stops counting once past `limit`."""
     if isinstance(value, str):
         return len(value)
+    if isinstance(value, _CODE_TYPES):
+        raise SecurityError("template prints a function or class (its text would leak a memory address)")
     if isinstance(value, (bool, float)) or value is None:
         return 24
     if isinstance(value, int):
@@ -131,15 +143,41 @@ def _joined_size(items: Any, sep: Any, limit: int) -> int:
     return _text_size(items, limit) + count * len(str(sep))
 
 
-def _check_format(fmt: str, values: list[Any], limits: RenderLimits, field: str) -> None:
-    """A format string can name a huge width (`'{:>9999999999}'`, `'%9999999999s'`) or repeat a
-    big argument in every field (`'{0}{0}{0}'`)."""
-    for run in re.findall(r"\d+", fmt):
-        if len(run) > len(str(limits.max_chars)) or int(run) > limits.max_chars:
-            raise SecurityError(f"format width {run[:12]} is too large")
+def _spec_widths(spec: str, limits: RenderLimits) -> int:
+    """The sum of the numbers in a format spec (widths, precisions): a bound on the padding and
+    digits they add."""
+    runs = re.findall(r"\d+", spec)
+    if any(len(run) > _MAX_WIDTH_DIGITS for run in runs):
+        raise SecurityError("format width is too large")
+    return sum(map(int, runs))
+
+
+def _check_format(fmt: str, values: list[Any], limits: RenderLimits) -> None:
+    """`%` formatting: the result is at most the format string plus, for each field, every value,
+    a float's digits, and the widths and precisions written in the string or taken by `*` from an
+    integer argument (`'%9999999999s'`, `'%*s' % (999999999, 'a')`, `'%s%s%s' % (big, big, big)`)."""
     _check_ints(values, limits)
-    per_field = sum(_text_size(v, limits.max_chars) for v in values)
-    _check_size(len(fmt) + fmt.count(field) * per_field, "formatted string", limits)
+    star = max((abs(v) for v in values if isinstance(v, int)), default=0)
+    per_field = sum(_text_size(v, limits.max_chars) for v in values) + _FLOAT_DIGITS
+    size = len(fmt) + _spec_widths(fmt, limits) + fmt.count("*") * star + fmt.count("%") * per_field
+    _check_size(size, "formatted string", limits)
+
+
+class _MeasuredFormatter(SandboxedFormatter):
+    """`str.format` with each field measured before it is formatted: its value, and its spec's
+    width and precision once nested fields are filled in (`'{:{}}'.format('a', '999999999')`
+    takes its width from an argument, so the format string alone cannot tell)."""
+
+    def __init__(self, env: Any, limits: RenderLimits) -> None:
+        super().__init__(env)
+        self.limits, self.total = limits, 0
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        size = _text_size(value, self.limits.max_chars) + _spec_widths(format_spec, self.limits) + _FLOAT_DIGITS
+        _check_size(self.total + size, "formatted string", self.limits)
+        out = super().format_field(value, format_spec)
+        self.total += len(out)
+        return out
 
 
 # Upper bounds on the result of the str methods that can outgrow their inputs by more than a
@@ -252,7 +290,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         elif operator == "+" and isinstance(left, (str, list, tuple)):
             _check_size(_text_size(left, limit) + _text_size(right, limit), "concatenation", self.limits)
         elif operator == "%" and isinstance(left, str):
-            _check_format(left, list(right) if isinstance(right, tuple) else [right], self.limits, "%")
+            _check_format(left, list(right) if isinstance(right, tuple) else [right], self.limits)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         args = _materialized(args)
@@ -267,15 +305,27 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         owner, name = getattr(target, "__self__", None), getattr(target, "__name__", "")
         if not isinstance(owner, str):
             return
-        if name in ("format", "format_map"):
-            values = [*args, *kwargs.values()]
-            if name == "format_map" and args and isinstance(args[0], dict):
-                values = list(args[0].values())
-            _check_format(owner, values, self.limits, "{")
-        elif name == "join" and args:
+        if name == "join" and args:
             _check_size(_joined_size(args[0], owner, self.limits.max_chars), "joined string", self.limits)
         elif name in _STR_GROWTH:
             _check_size(_STR_GROWTH[name](owner, *args), f"str.{name} result", self.limits)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map` through `_MeasuredFormatter` (jinja's own hook: it also
+        catches a format method fetched as an attribute and called later)."""
+        if not isinstance(value, (types.MethodType, types.BuiltinMethodType)) \
+                or value.__name__ not in ("format", "format_map") or not isinstance(value.__self__, str):
+            return None
+        fmt, is_map = value.__self__, value.__name__ == "format_map"
+
+        def measured(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                args, kwargs = (), args[0]
+            return _MeasuredFormatter(self, self.limits).vformat(fmt, args, kwargs)
+
+        return functools.update_wrapper(measured, value)
 
     def _guard_filter(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)  # keeps jinja's pass_context/pass_eval_context marker
@@ -332,7 +382,7 @@ def _check_filter(name: str, args: tuple, kwargs: dict, limits: RenderLimits) ->
         separator = kwargs.get("d", args[2] if len(args) > 2 else "")
         _check_size(_joined_size(args[1], separator, limits.max_chars), "joined string", limits)
     elif name == "format" and args and isinstance(args[0], str):
-        _check_format(args[0], [*args[1:], *kwargs.values()], limits, "%")
+        _check_format(args[0], [*args[1:], *kwargs.values()], limits)
 
 
 # Extras that Hugging Face (and minja) give templates --------------------------------------------
@@ -380,6 +430,11 @@ def _heap_bytes() -> int | None:
     return (int(fields[1]) - int(fields[2])) * mmap.PAGESIZE
 
 
+# The deadline of the whole `render_chat_template` call in progress (compiling, probing and
+# rendering share one time budget).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("chat_template_deadline", default=None)
+
+
 class _Watchdog:
     """Interrupts the rendering thread once it runs past `timeout_s` or the process's heap grew
     by more than `max_memory`. A template is a program: three nested loops over a long string spin
@@ -393,6 +448,8 @@ class _Watchdog:
         self.reason = ""
         self._limits = limits
         self._thread_id = threading.get_ident()
+        call_deadline = _DEADLINE.get()   # read here: the watcher thread has its own context
+        self._deadline = min(time.monotonic() + limits.timeout_s, call_deadline or float("inf"))
         self._lock = threading.Lock()
         self._armed = True
         self._done = threading.Event()
@@ -403,7 +460,7 @@ class _Watchdog:
         return self
 
     def _watch(self) -> None:
-        deadline = time.monotonic() + self._limits.timeout_s
+        deadline = self._deadline
         start_heap = _heap_bytes()
         while not self._done.wait(self.POLL_S):
             reason = self._overrun(deadline, start_heap)
@@ -454,18 +511,24 @@ def _sandbox(limits: RenderLimits) -> _Sandbox:
 
 @functools.lru_cache(maxsize=32)
 def _compile(template: str, limits: RenderLimits) -> jinja2.Template:
-    try:
-        return _sandbox(limits).from_string(template)
-    except jinja2.TemplateSyntaxError as e:
-        message = _one_line(e.message or "")
-        raise ChatTemplateError(f"chat template syntax error at line {e.lineno}: {message}") from None
-
-
-def _render(compiled: jinja2.Template, context: dict[str, Any], limits: RenderLimits) -> str:
-    context = copy.deepcopy(context)  # templates may mutate lists; never the caller's
     watchdog = _Watchdog(limits)
     try:
         with watchdog:
+            return _sandbox(limits).from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        message = _one_line(e.message or "")
+        raise ChatTemplateError(f"chat template syntax error at line {e.lineno}: {message}") from None
+    except (RecursionError, SyntaxError, MemoryError):   # jinja's parser and Python's compiler recurse
+        raise ChatTemplateError("chat template nests too deeply to compile") from None
+    except _Interrupted:
+        raise _Blocked(f"chat template {watchdog.reason} (compiling)") from None
+
+
+def _render(compiled: jinja2.Template, context: dict[str, Any], limits: RenderLimits) -> str:
+    watchdog = _Watchdog(limits)
+    try:
+        with watchdog:
+            context = copy.deepcopy(context)  # templates may mutate lists; never the caller's
             return compiled.render(context)
     except ChatTemplateError:
         raise
@@ -588,6 +651,15 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
     chat template, as transformers' `apply_chat_template` would. `variables` go to the template:
     `bos_token`, `eos_token` (default ''), `tools`, `documents` (default None), or any other."""
     limits = limits or DEFAULT_LIMITS
+    budget = _DEADLINE.set(time.monotonic() + limits.timeout_s)   # one budget for the whole call
+    try:
+        return _render_messages(template, messages, add_generation_prompt, limits, variables)
+    finally:
+        _DEADLINE.reset(budget)
+
+
+def _render_messages(template: str, messages: list[dict], add_generation_prompt: bool, limits: RenderLimits,
+                     variables: dict[str, Any]) -> str:
     compiled = _compile(template, limits)
     needs = _probe(template, limits)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .cli_common import (_guard, backend_option, check_max_tokens, check_sampling, default_reply_cap,
-                         first_run_notice, resolve_backend, set_verbosity, threads_option, verbose_option, warm_up)
+                         first_run_notice, resolve_backend, terminal_safe, set_verbosity, threads_option, verbose_option, warm_up)
 from .errors import LocalLLMError
 from .speculative import DRAFT_K, DRAFT_P_MIN
 
@@ -142,7 +142,7 @@ def _has_chat_template(llm) -> bool:
 
 def _complete(llm, prompt: str, max_tokens: int, stop: list[str], sampling: dict) -> None:
     for piece in llm.generate(prompt, max_tokens=max_tokens, stop=stop, **sampling):
-        sys.stdout.write(piece)
+        sys.stdout.write(terminal_safe(piece))
         sys.stdout.flush()
     sys.stdout.write("\n")
     s = llm.last_stats
@@ -179,13 +179,13 @@ def info(model, as_json, tensors, devices, backend):
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
-    for key, value in d.items():
+    for key, value in d.items():   # metadata comes from the file: escaped like generated text
         if isinstance(value, dict):
             click.echo(f"{key}:")
             for k, v in value.items():
-                click.echo(f"  {k}: {v}")
+                click.echo(terminal_safe(f"  {k}: {v}"))
         else:
-            click.echo(f"{key}: {value}")
+            click.echo(terminal_safe(f"{key}: {value}"))
 
 
 def _devices(as_json: bool) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -23,8 +24,19 @@ BACKEND_CHOICES = ["cpu", "numpy", "opencl", "auto"]
 BACKEND_HELP = "cpu: Numba SIMD kernels; numpy: float32 reference (slow); opencl: a GPU; auto: opencl if a GPU exists, else cpu."
 
 
+# C0 controls but newline and tab, DEL, C1 controls: ESC opens ANSI/OSC sequences (colours, cursor
+# moves, window titles, hyperlinks, clipboard writes), and a C1 CSI (U+009B) does the same alone.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Model output as the terminal should show it: control characters escaped (`\\x1b`), so
+    vocabulary tokens cannot drive the terminal. The API returns text unchanged."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"error: {msg}", err=True)
+    click.echo(f"error: {terminal_safe(msg)}", err=True)
     sys.exit(code)
 
 

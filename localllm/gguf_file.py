@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .errors import GGUFError
+from .errors import GGUFError, quoted
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -151,29 +151,29 @@ class GGUFFile:
         name = cur.string()
         n_dims = cur.unpack("I")
         if not 0 < n_dims <= MAX_DIMS:
-            raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions")
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} has {n_dims} dimensions")
         ne = [cur.unpack("Q") for _ in range(n_dims)]
         raw_type = cur.unpack("I")
         offset = cur.unpack("Q")
         try:
             ttype = GGMLQuantizationType(raw_type)
         except ValueError:
-            raise GGUFError(f"{self.path}: tensor {name!r} has unknown type id {raw_type}") from None
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} has unknown type id {raw_type}") from None
         return name, tuple(int(n) for n in reversed(ne)), ttype, offset
 
     def _view(self, name: str, shape: tuple[int, ...], ttype: GGMLQuantizationType, offset: int) -> Tensor:
         if ttype not in GGML_QUANT_SIZES:
-            raise GGUFError(f"{self.path}: tensor {name!r} has type {ttype.name} with no known block size")
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} has type {ttype.name} with no known block size")
         block, type_size = GGML_QUANT_SIZES[ttype]
         row = shape[-1]
         if row % block or any(d <= 0 for d in shape):
-            raise GGUFError(f"{self.path}: tensor {name!r} shape {shape} does not fit {ttype.name} blocks of {block}")
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} shape {shape} does not fit {ttype.name} blocks of {block}")
         n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
         row_bytes = row // block * type_size
         start = self.data_offset + offset
         end = start + n_rows * row_bytes
         if offset < 0 or end > self.file_size or n_rows * row_bytes > self.file_size:
-            raise GGUFError(f"{self.path}: tensor {name!r} lies past the end of the file (truncated download?)")
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} lies past the end of the file (truncated download?)")
         data = self._u8[start:end]
         data = data.reshape(n_rows, row_bytes) if len(shape) > 1 else data
         return Tensor(name, ttype, shape, data)

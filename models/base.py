@@ -12,7 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants
 
 from ..backend.base import Backend
-from ..errors import GGUFError, UnsupportedModelError
+from ..errors import GGUFError, UnsupportedModelError, quoted
 from ..gguf_file import GGUFFile, Tensor
 
 
@@ -65,7 +65,7 @@ def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer
     tokens = meta.get("tokenizer.ggml.tokens")
     scaling = meta.get(k("rope.scaling.type"), "linear")
     if scaling not in ROPE_SCALING_TYPES:
-        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported "
+        raise UnsupportedModelError(f"rope scaling type {quoted(scaling)} is not supported "
                                     f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
     factor = float(meta.get(k("rope.scaling.factor"), meta.get(k("rope.scale_linear"), 0.0)) or 0.0)
     freq_scale = 1.0 / factor if scaling != "none" and factor > 0 else 1.0
@@ -147,7 +147,7 @@ class Model:
             if tensor is None:
                 if name in self.OPTIONAL:
                     continue
-                raise GGUFError(f"{gguf.path}: missing tensor {name!r} required by architecture {cfg.arch}")
+                raise GGUFError(f"{gguf.path}: missing tensor {quoted(name)} required by architecture {cfg.arch}")
             reason = backend.decline_reason(tensor)
             if reason:
                 raise UnsupportedModelError(f"{name}: {reason}")

@@ -84,5 +84,5 @@ def test_prompt_longer_than_context(good):
 def test_bad_arguments_are_one_line(good):
     with pytest.raises(localllm.LocalLLMError, match="unknown backend"):
         localllm.load(good, backend="quantum")
-    with pytest.raises(localllm.LocalLLMError, match="n_ctx must be positive"):
+    with pytest.raises(localllm.LocalLLMError, match="n_ctx must be at least 1"):
         localllm.load(good, n_ctx=0)

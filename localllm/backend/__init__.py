@@ -9,7 +9,7 @@ import logging
 
 from .base import Backend
 from .numpy_ref import NumpyBackend
-from ..errors import LocalLLMError
+from ..errors import LocalLLMError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def get_backend(name: str, threads: int | None = None, device: str | int | None 
     """device: which OpenCL device (index or name substring); only OpenCL backends take one."""
     try:
         cls = BACKENDS[name]()
-    except KeyError:
-        raise LocalLLMError(f"unknown backend {name!r} (available: {', '.join(sorted(BACKENDS))})") from None
+    except (KeyError, TypeError):
+        raise LocalLLMError(f"unknown backend {quoted(name)} (available: {', '.join(sorted(BACKENDS))})") from None
     if device is not None and cls.name == "opencl":
         return cls(threads=threads, device=str(device))
     if device is not None:

@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlparse
 
 from tqdm import tqdm
 
-from localllm.errors import LocalLLMError
+from localllm.errors import LocalLLMError, quoted
 
 from .entries import CATALOG, CatalogEntry
 
@@ -78,7 +78,11 @@ def pull(name: str, progress: bool = True) -> Path:
         return dest
     if dest.exists():
         log.warning("%s does not match its sha256; downloading it again", dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelFetchError(f"cannot create the model cache {quoted(str(dest.parent))} "
+                              f"(set by $LOCALLLM_HOME): {e.strerror}") from None
     with _lock(dest):
         if _is_verified(dest, entry.sha256):  # another process finished it while we waited
             return dest
@@ -95,9 +99,13 @@ def pull(name: str, progress: bool = True) -> Path:
 
 def resolve_model(name_or_path: str, pull_missing: bool = True) -> Path:
     """An existing file path as-is; else a catalog name's cached file (pulled if allowed)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
+    try:
+        path = Path(name_or_path).expanduser()
+        if path.is_file():
+            return path
+    except (OSError, ValueError) as e:   # a name too long for a path, or holding a NUL
+        raise ModelFetchError(f"no such file or catalog model: {quoted(name_or_path)} "
+                              f"({getattr(e, 'strerror', None) or e})") from None
     if name_or_path in CATALOG:
         if pull_missing:
             return pull(name_or_path)
@@ -121,7 +129,7 @@ def _entry(name: str) -> CatalogEntry:
     try:
         return CATALOG[name]
     except KeyError:
-        raise ModelFetchError(f"unknown model {name!r} (known: {_known()})") from None
+        raise ModelFetchError(f"unknown model {quoted(name)} (known: {_known()})") from None
 
 
 def _known() -> str:
@@ -183,6 +191,9 @@ def _lock(dest: Path) -> Iterator[None]:
 
 def _index_url() -> str:
     url = os.environ.get(INDEX_URL_ENV) or DEFAULT_INDEX_URL
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ModelFetchError(f"${INDEX_URL_ENV} must be an http(s) URL of a PyPI simple index, not {quoted(url)}")
     return url if url.endswith("/") else url + "/"
 
 

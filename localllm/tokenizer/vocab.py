@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, quoted
 from .pretokenizers import PRE_TOKENIZERS, UNSUPPORTED_PRE_TOKENIZERS, PreTokenizer
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Vocab:
         model = md.get("tokenizer.ggml.model")
         if model not in ("gpt2", "llama"):
             raise UnsupportedModelError(
-                f"unsupported tokenizer model {model!r} (supported: 'gpt2' BPE, 'llama' SentencePiece)")
+                f"unsupported tokenizer model {quoted(model)} (supported: 'gpt2' BPE, 'llama' SentencePiece)")
         pre_name, pre = _pre_tokenizer(md) if model == "gpt2" else ("default", None)
         tokens, token_to_id = _token_texts(md)
         vocab = cls(
@@ -236,7 +236,7 @@ def _token_texts(md: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
     if len(token_to_id) != len(tokens):
         seen: set[str] = set()
         dup = next(t for t in tokens if t in seen or seen.add(t))
-        raise UnsupportedModelError(f"duplicate token in vocabulary: {dup!r}")
+        raise UnsupportedModelError(f"duplicate token in vocabulary: {quoted(dup)}")
     return tokens, token_to_id
 
 

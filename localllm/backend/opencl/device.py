@@ -148,9 +148,14 @@ class Device:
         self.rpw_of = dict(RPW_FAMILY)
         tune = os.environ.get(ENV_GEMV, "")          # "TPR,RPW[,LS]": a tuning override for benches
         if tune:
-            tpr, rpw, ls = ([int(v) for v in tune.split(",")] + [self.ls])[:3]
+            try:
+                values = [int(v) for v in tune.split(",")]
+            except ValueError:
+                values = []
+            # anything but two or three integers is refused just below, with the expected form
+            tpr, rpw, ls = (values + [self.ls])[:3] if len(values) in (2, 3) else (0, 0, 0)
             if ls & (ls - 1) or not TPR <= ls <= max_wg or tpr & (tpr - 1) or not TPR <= tpr <= ls or rpw < 1:
-                raise OpenCLError(f"{ENV_GEMV}={tune}: LS must be a power of two in {TPR}..{max_wg}, "
+                raise OpenCLError(f"{ENV_GEMV}={tune[:40]}: expected TPR,RPW[,LS]; LS must be a power of two in {TPR}..{max_wg}, "
                                   f"TPR one in {TPR}..LS, RPW >= 1")
             self.tpr, self.rpw, self.ls, self.rpw_of = tpr, rpw, ls, {}
         for fam in ("gemv", "gemv_add", "gemv_norm", "gemv_swiglu", "gemv3"):

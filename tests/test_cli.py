@@ -198,12 +198,12 @@ def test_bench_verdict_flags_a_busy_or_unsteady_machine():
 
 
 def test_chat_errors_keep_the_conversation(tiny, tmp_path):
-    lines = ["hi", "word " * 300, f"/save {tmp_path}/no/such/dir/s.session", "/set seed -1", "/set temp nan",
-             "/set top_k -3", "/frobnicate", "/save", "again"]
+    lines = ["hi", "word " * 300, f"/save {tmp_path}/no/such/dir/s.session", "/set seed many", "/set temp nan",
+             "/set min_p 2", "/frobnicate", "/save", "again"]
     r = cli("run", tiny["chat"], "-n", "4", *FAST, stdin="\n".join(lines) + "\n")
     assert r.exit_code == 0, r.stderr
-    for expected in ("message too long", "cannot write session", "seed must be", "temperature must be",
-                     "top_k must be", "unknown command /frobnicate", "/save needs an argument"):
+    for expected in ("message too long", "cannot write session", "seed needs a", "temperature must be",
+                     "min_p must be", "unknown command /frobnicate", "/save needs an argument"):
         assert expected in r.stderr, expected
     stats = re.findall(r"\[(\d+) tokens, .*prompt (\d+) new \+ (\d+) cached\]", r.stderr)
     assert len(stats) == 2 and int(stats[1][2]) > 0  # the second reply reused the first turn: history intact

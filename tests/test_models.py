@@ -423,7 +423,7 @@ def test_head_dim_override_writes_key_length(tmp_path):
     ({"dim": 64, "tensor_type": "Q4_K"}, "multiple of Q4_K's block of 256"),
     ({"tensor_type": "Q2_K"}, "not supported"),
     ({"n_heads": 4, "n_kv_heads": 3}, "not a multiple"),
-    ({"arch": "gemma3"}, "only the llama layout"),
+    ({"arch": "mamba"}, "no generator layout"),
     ({"vocab": 100}, "below the 259"),
 ])
 def test_invalid_shapes_are_rejected(tmp_path, kwargs, match):

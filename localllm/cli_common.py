@@ -185,23 +185,37 @@ def first_run_notice(backend: str, models: list[str]) -> Iterator[None]:
     if marker.exists():
         yield
         return
-    t0, done = time.perf_counter(), threading.Event()
+    t0, done, shown = time.perf_counter(), threading.Event(), threading.Event()
     text = f"localllm: compiling kernels for {ISA_NAMES.get(isa, isa)}, first run only…"
-    click.echo(text, err=True, nl=False)
-    ticker = threading.Thread(target=_tick, args=(text, t0, done), daemon=True) if sys.stderr.isatty() else None
-    if ticker:
-        ticker.start()
+    notice = threading.Thread(target=_notice, args=(text, t0, done, shown), daemon=True)
+    notice.start()
+    ok = False
     try:
         yield
+        ok = True
     finally:
         done.set()
-        if ticker:
-            ticker.join()
-        again = "\r" + text if ticker else ""   # a terminal: over the running count; a log: on the same line
-        click.echo(f"{again} done in {time.perf_counter() - t0:.0f} s", err=True)
-    with contextlib.suppress(OSError):
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        notice.join()
+        if shown.is_set():
+            again = "\r" + text if sys.stderr.isatty() else ""   # a terminal: over the running count
+            click.echo(f"{again} {'done' if ok else 'stopped'} in {time.perf_counter() - t0:.0f} s", err=True)
+    if ok:
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+
+
+NOTICE_AFTER_S = 1.0   # a file refused at once gets its one-line error and no notice
+
+
+def _notice(text: str, t0: float, done: threading.Event, shown: threading.Event) -> None:
+    """The notice, once the work has taken NOTICE_AFTER_S, then (on a terminal) a running count."""
+    if done.wait(NOTICE_AFTER_S):
+        return
+    shown.set()
+    click.echo(text, err=True, nl=False)
+    if sys.stderr.isatty():
+        _tick(text, t0, done)
 
 
 def _tick(text: str, t0: float, done: threading.Event) -> None:

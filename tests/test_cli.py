@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import subprocess
 import sys
 
@@ -213,12 +214,18 @@ def test_first_run_notice_once_per_cold_cache(tmp_path, monkeypatch):
     import localllm.cli_common as common
     marker = tmp_path / "cache" / "marker"
     monkeypatch.setattr(common, "_kernel_cache_marker", lambda models: (marker, "avx2"))
+    monkeypatch.setattr(common, "NOTICE_AFTER_S", 0.05)
     runner = CliRunner()
 
     @click.command()
-    def cmd():
+    @click.option("--fail", is_flag=True)
+    def cmd(fail):
         with common.first_run_notice("cpu", ["m"]):
-            click.echo("loading", err=True)
+            if fail:   # a file refused at once: its error alone, no notice, the cache still cold
+                raise click.ClickException("bad file")
+            time.sleep(0.5)   # compiling
+    failed = runner.invoke(cmd, ["--fail"])
+    assert "compiling" not in failed.stderr and not marker.exists()
     first, second = runner.invoke(cmd), runner.invoke(cmd)
     assert "compiling kernels for avx2, first run only" in first.stderr and " done in " in first.stderr
     assert marker.exists() and "compiling" not in second.stderr

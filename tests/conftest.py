@@ -29,6 +29,11 @@ def gemma3_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen25_coder_path() -> Path:
+    return _model("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
 def smollm2_requantized(smollm2_path, tmp_path_factory) -> dict[str, Path]:
     """SmolLM2 Q8_0 / Q4_0 made as the references were: F32 dequantization, then quantize."""
     from localllm.quantize import quantize_file

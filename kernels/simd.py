@@ -292,7 +292,7 @@ def prefetch_l2(typingctx, arr, offset):
     return types.none(arr, offset), codegen
 
 
-# --- thread synchronisation inside one parallel region (kernels.fused) ---------------------------
+# --- thread synchronisation inside one parallel region (kernels.step) ----------------------------
 @intrinsic
 def atomic_add_i64(typingctx, arr, idx, val):
     """Atomically arr.flat[idx] += val (int64 array, sequentially consistent); returns the old value."""

@@ -2,6 +2,7 @@
 llama.cpp's defaults) and weights bound by their exact GGUF tensor names."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -10,9 +11,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants
 
-from ..backend.base import Backend
+from ..backend.base import Backend, CompiledStep
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf_file import GGUFFile, Tensor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,9 @@ def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer
 class Model:
     """Base of the architecture classes: binds GGUF tensors by name through the backend.
     Subclasses list `GLOBAL_TENSORS`, `LAYER_TENSORS` (with `{}` for the block index) and
-    `OPTIONAL` names, and implement `forward`."""
+    `OPTIONAL` names, and implement `forward_ops`, the forward written op by op. `forward` runs
+    it, or the backend's compiled step for this model when the backend has one (chosen once, at
+    load: `step_path` says which runs and why)."""
 
     GLOBAL_TENSORS: tuple[str, ...] = ()
     LAYER_TENSORS: tuple[str, ...] = ()
@@ -102,6 +107,17 @@ class Model:
         self.layers = [self._layer(i) for i in range(cfg.n_layers)]
         self._head_tensor = gguf.tensors.get("output.weight") or gguf.tensors.get("token_embd.weight")
         self._head: Any = None     # limit_output's trimmed head
+        self._choose_step()
+
+    def _choose_step(self) -> None:
+        """The one place that decides between the backend's compiled step and forward_ops."""
+        step = self.ops.compiled_step(self)
+        if isinstance(step, str):
+            self.compiled_step: CompiledStep | None = None
+            self.step_path = f"op by op: {step}"
+        else:
+            self.compiled_step, self.step_path = step, f"compiled step ({step.describe()})"
+        log.info("%s on %s runs %s", self.cfg.arch, self.ops.name, self.step_path)
 
     def _layer(self, i: int) -> SimpleNamespace:
         """blk.i.attn_q.weight -> layers[i].attn_q (attribute named like the GGUF tensor)."""
@@ -129,9 +145,18 @@ class Model:
         if t is None or not 0 < rows < t.shape[0]:
             return
         self._head = self.ops.upload(head_rows(t, rows, qtype))
+        self._choose_step()        # the compiled step holds the head it was built with
 
     def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
         """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
+        if self.compiled_step is not None:
+            logits = self.compiled_step(tokens, cache, all_logits)
+            if logits is not None:     # None: the step does not take this call (e.g. this cache)
+                return logits
+        return self.forward_ops(tokens, cache, all_logits)
+
+    def forward_ops(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> Any:
+        """The architecture's forward, op by op through self.ops: what `forward` computes."""
         raise NotImplementedError
 
 

@@ -37,7 +37,7 @@ class Gemma3(Model):
         # 27B scales queries by 1/sqrt(dim/heads); the other sizes by 1/sqrt(head_dim)
         self.q_scale = 1.0 / math.sqrt(cfg.head_dim_k)
 
-    def forward(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
+    def forward_ops(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
         ops, c = self.ops, self.cfg
         T, pos0 = len(tokens), cache.offset
         pos = pos0 + np.arange(T)                                                  # [T]

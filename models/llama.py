@@ -23,12 +23,8 @@ class Llama(Model):
     def config(cls, meta):
         return read_config(meta, ARCH)
 
-    def forward(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
-        fast = getattr(self.ops, "fused_forward", None)   # a backend's compiled form of this function
-        if fast is not None:
-            out = fast(self, tokens, cache, all_logits)
-            if out is not None:
-                return out
+    def forward_ops(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
+        """The stages of the compiled step (kernels/step.py) are named after these lines."""
         ops, c = self.ops, self.cfg
         T, pos0 = len(tokens), cache.offset
         pos = pos0 + np.arange(T)                                              # [T]

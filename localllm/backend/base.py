@@ -9,8 +9,21 @@ import numpy as np
 from ..gguf_file import Tensor
 
 
+class CompiledStep(Protocol):
+    """A backend's compiled form of one model's forward (e.g. kernels/step.py for llama on CPU)."""
+
+    def __call__(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray | None:
+        """What model.forward returns, or None for a call it does not take (the model then runs
+        its forward_ops)."""
+
+    def describe(self) -> str: ...
+
+
 class Backend(Protocol):
     name: str
+
+    def compiled_step(self, model: Any) -> CompiledStep | str:
+        """The model's forward as one compiled step, or why there is none (it then runs op by op)."""
 
     def decline_reason(self, tensor: Tensor) -> str | None:
         """None if this backend can hold and multiply `tensor`, else why not, in words."""

@@ -284,10 +284,11 @@ def _llama_step(attn_norm, attn_qkv, attn_output, ffn_norm, ffn_gate, ffn_up, ff
     Scratch (the logits of rows tok.r0.. land in logits), sync Sync (its counters zeroed).
     Weights and Scratch come unpacked, and the stages run in a function of their own, because
     Numba's parallel region takes named tuples one level deep only, and loses stores made in its
-    own body through a named tuple's field (Numba 0.68). Global bound per build: STAGES."""
+    own body through a named tuple's field (Numba 0.68). tid is cast: typed once as int64 and once
+    as uint64 by the parfor passes, it made them compile STAGES twice. Global bound per build: STAGES."""
     for tid in prange(sync.threads):
         STAGES(attn_norm, attn_qkv, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down, output_norm, output,
-               hp, tok, kc, vc, x, h, qkv, att, proj, gate, up, ff, out, logits, sync, tid)
+               hp, tok, kc, vc, x, h, qkv, att, proj, gate, up, ff, out, logits, sync, np.int64(tid))
 
 
 def _stages(attn_norm, attn_qkv, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down, output_norm, output,

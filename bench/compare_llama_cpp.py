@@ -61,12 +61,9 @@ cls = model_class(gguf.architecture)
 ops = get_backend("cpu", threads=threads)
 model = cls(gguf, cls.config(gguf.metadata), ops)
 c = model.cfg
-fused = getattr(ops, "fused_forward", None)
 
 def forward(toks, cache):
-    out = fused(model, toks, cache) if fused is not None else None
-    if out is None:
-        out = model.forward(toks, cache)
+    out = model.forward(toks, cache)
     cache.tokens.extend(int(t) for t in toks)
     return out
 
@@ -76,8 +73,7 @@ ids = np.array([(7 * i + 100) % c.n_vocab for i in range(max(pp, tg + 8))], dtyp
 cache = new_cache(max(pp, tg + 8) + 16)
 forward(ids[:1], cache)
 out = {"first_token_s": time.perf_counter() - t0}
-plan = ops.fused_plan(model) if hasattr(ops, "fused_plan") else "no fused step"
-out["path"] = plan if isinstance(plan, str) else plan.describe()
+out["path"] = model.step_path
 if "decode" in what:
     cache.trim(0); forward(ids[:4], cache)
     t = time.perf_counter()

@@ -123,7 +123,7 @@ def d8_groups(w, x, g0, g1, y):
     weight rows per pass; the last T % 4 rows: 3 the same way, 1 or 2 against all 8 weight rows in
     one pass. Every (row, weight row) sum is accumulated in the same order whatever T is, so a
     batch's rows equal single-row products bit for bit. x float32 [T, k] C-contiguous. A called
-    function, not inlined: the fused step calls it from six places, and inlining it there
+    function, not inlined: the compiled step calls it from six places, and inlining it there
     quadrupled its compile time.
 
     With T > 2 a group takes several passes, and the later ones read the cache: DRAM would sit
@@ -132,7 +132,7 @@ def d8_groups(w, x, g0, g1, y):
     pass also requests the next group's lines into L2, a chunk per chunk (SmolLM2 F16's weights,
     T = 4: 1.36x the time of T = 1 before, 1.03x after; T = 5: 1.82x, 1.17x: bench_kernels.py --dense-rows).
     A single pass does too: with two rows (16 accumulators) it kept DRAM waiting as well (the
-    fused F16 step at T = 2: 1.13-1.30x T = 1 before, 1.02-1.09x after, at T = 1 no change, in
+    compiled F16 step at T = 2: 1.13-1.30x T = 1 before, 1.02-1.09x after, at T = 1 no change, in
     alternating processes, ad hoc; now bench_speculative.py --steps)."""
     T, k = x.shape[0], x.shape[1]
     kc = k // DC
@@ -230,7 +230,7 @@ def attend_rows(q, k, v, kb, ks, vb, vs, lo, hi, scale, sc, acc):
     the next tile's K rows and this tile's V rows requested while the scores are computed.
     SmolLM2's heads, cache-resident (bench_kernels.py --attention): 13 ns per (head, row) per
     thread at 1024 rows, 27 at 128, against 19-20 and 32-34 for the scalar loops before (one
-    process, ad hoc); deep in a fused step the KV stream from DRAM dominates (~13% less there)."""
+    process, ad hoc); deep in a compiled step the KV stream from DRAM dominates (~13% less there)."""
     dk, dv = q.shape[0], acc.shape[0]
     den = np.float32(0.0)
     mx = np.float32(0.0)

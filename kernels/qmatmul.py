@@ -4,7 +4,7 @@ One source per algorithm, compiled per (weight encoding, instruction set) by `ke
   _mm_r8_groups  zmm-shaped, serial over a range of 8-row groups: per 32-column block, four
                  `dot_u8s8` (u8 weights x broadcast int8 activations) give int32 per lane, then
                  lane += d_w*d_x*dot + m_w*s_x in float32. Batches hold 2 groups x 4
-                 activation rows in registers; the rows left (all, below 4) go two at a time. The fused step calls it
+                 activation rows in registers; the rows left (all, below 4) go two at a time. The compiled step calls it
                  directly; `_mul_par` runs it over parallel tasks (so does the q6 kernel).
   _mul_r8_plain  the portable twin: plain integer loops over the same layout (and the oracle the
                  SIMD builds are tested against).
@@ -50,7 +50,7 @@ def _offsets_from_d(m, off, dw):
     return mul_f32(dw, splat_f32(MZERO))
 
 
-# --- r8 x Q8_0 on a range of 8-row groups: the serial body of the matmul and of the fused step
+# --- r8 x Q8_0 on a range of 8-row groups: the serial body of the matmul and of the compiled step
 def _mm_r8_groups(qs, d, m, xq, xd, xs, g0, g1, y):
     """y[t, g*8 + r] for groups g0 <= g < g1 and all rows t of xq. Globals bound per build:
     unpack, dot_u8s8, BLOCK_BYTES, offsets (m stored or -zero*d)."""
@@ -185,7 +185,7 @@ def _q6_scales(sub, sup, gd, gm, b):
 
 
 def _mm_q6_groups(qs, d, m, xq, xd, xs, g0, g1, y):
-    """y[t, g*8 + r] for q6 groups g0 <= g < g1 and all rows t (serial; the fused step's MM slot
+    """y[t, g*8 + r] for q6 groups g0 <= g < g1 and all rows t (serial; the compiled step's MM slot
     contract: d the int8 sub-scales, m the super-block scales, xs unused). Four activation rows
     share each unpacked block. Global: q6_step."""
     T, k = xq.shape[0], xq.shape[1]

@@ -292,7 +292,7 @@ def prefetch_l2(typingctx, arr, offset):
     return types.none(arr, offset), codegen
 
 
-# --- thread synchronisation inside one parallel region (kernels.fused) ---------------------------
+# --- thread synchronisation inside one parallel region (kernels.step) ---------------------------
 def _atomic_rmw(op: str):
     """An intrinsic (arr, idx, val) -> old value that applies `op` ("add", "xchg") to
     arr.flat[idx] atomically (int64 array, sequentially consistent)."""

@@ -313,7 +313,8 @@ class LLM:
         }
         if self.model is not None:
             cfg = self.model.cfg
-            d.update({"config": dict(cfg.__dict__), "backend": self.backend.name, "n_ctx": self.n_ctx,
+            d.update({"config": dict(cfg.__dict__), "backend": self.backend.name, "step_path": self.model.step_path,
+                      "n_ctx": self.n_ctx,
                       "n_ctx_train": cfg.n_ctx_train, "kv_budget_bytes": self.kv_budget,
                       "kv_bytes_per_token": kv_bytes_per_token(cfg),
                       "kv_cache_bytes": kv_bytes_per_token(cfg) * self.n_ctx,

@@ -2,6 +2,7 @@
 llama.cpp's defaults) and weights bound by their exact GGUF tensor names."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -11,9 +12,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants
 
-from ..backend.base import Backend
+from ..backend.base import Backend, CompiledStep
 from ..errors import GGUFError, UnsupportedModelError, quoted
 from ..gguf_file import GGUFFile, Tensor
+
+log = logging.getLogger(__name__)
 
 
 # llama.cpp's llama_rope_scaling_type names; any other is refused (llama.cpp asserts)
@@ -165,6 +168,19 @@ class Model:
         self.is_swa = swa_layers(meta.get(k("attention.sliding_window_pattern"), self.SWA_PATTERN), cfg.n_layers) \
             if self._window > 0 else [False] * cfg.n_layers
         self._base_swa = float(meta.get(k("rope.freq_base_swa"), self.ROPE_BASE_SWA or cfg.rope_base))
+        self._choose_step()
+
+    def _choose_step(self) -> None:
+        """The one place that decides between the backend's compiled step and forward_ops (at
+        load, and again when limit_output changes the head the step holds); `step_path` says
+        which runs and why (`localllm info`, and the log at INFO)."""
+        step = self.ops.compiled_step(self)
+        if isinstance(step, str):
+            self.compiled_step: CompiledStep | None = None
+            self.step_path = f"op by op: {step}"
+        else:
+            self.compiled_step, self.step_path = step, f"compiled step ({step.describe()})"
+        log.info("%s on %s runs %s", self.cfg.arch, self.ops.name, self.step_path)
 
     # tanh soft-capping of attention scores / final logits (0: none): the defaults when the file
     # names none (`<arch>.final_logit_softcapping` is read for every architecture,
@@ -245,11 +261,14 @@ class Model:
     # --- the forward --------------------------------------------------------------------------
     def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
         """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
-        fast = getattr(self.ops, "fused_forward", None)   # a backend's compiled form of this function
-        if fast is not None:
-            out = fast(self, tokens, cache, all_logits)
-            if out is not None:
-                return out
+        if self.compiled_step is not None:
+            logits = self.compiled_step(tokens, cache, all_logits)
+            if logits is not None:     # None: the step does not take this call (e.g. this cache)
+                return logits
+        return self.forward_ops(tokens, cache, all_logits)
+
+    def forward_ops(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
+        """The forward written op by op (the readable one; compiled steps must equal it)."""
         ops, c = self.ops, self.cfg
         pos = cache.offset + np.arange(len(tokens))                               # [T]
         x = ops.get_rows(self.w("token_embd"), tokens)                            # [T, dim]
@@ -316,6 +335,7 @@ class Model:
         if t is None or not 0 < rows < t.shape[0]:
             return
         self._head = self.ops.upload(head_rows(t, rows, qtype))
+        self._choose_step()        # the compiled step holds the head it was built with
 
 
 LLAMA_TENSORS = ("blk.{}.attn_norm.weight", "blk.{}.attn_q.weight", "blk.{}.attn_k.weight", "blk.{}.attn_v.weight",

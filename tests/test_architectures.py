@@ -2,7 +2,7 @@
 generator (bench/llama_cpp_reference.py's cases: each architecture's differences, Q8_0 / Q4_0 /
 Q4_K / F16), teacher-forced on the numpy, cpu and opencl backends, compared with llama.cpp's
 top-10 logits stored in tests/data/arch_reference (so no llama.cpp is needed here). Also: the
-OpenCL decode replay of each architecture equals its op-by-op forward, the fused CPU step
+OpenCL decode replay of each architecture equals its op-by-op forward, the compiled CPU step
 declines what it cannot compute, and an unknown rope scaling type is refused."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import REPO, assert_close_to_llama_cpp, figures
+from support import REPO, assert_close_to_llama_cpp, figures, opencl_missing
 from localllm.backend import get_backend
 from localllm.errors import UnsupportedModelError
 from localllm.gguf_file import GGUFFile
@@ -45,13 +45,8 @@ _BACKENDS: dict[str, object] = {}
 def backend(name: str):
     """One backend per name for the module (OpenCL builds its kernels once)."""
     if name not in _BACKENDS:
-        if name == "opencl":
-            pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'pyopencl[pocl]')")
-            from localllm.backend.opencl import OpenCLError, list_devices
-            try:
-                list_devices()
-            except OpenCLError as e:
-                pytest.skip(f"no OpenCL platform: {e}")
+        if name == "opencl" and opencl_missing():
+            pytest.skip(opencl_missing())
         _BACKENDS[name] = get_backend(name)
     return _BACKENDS[name]
 
@@ -102,13 +97,15 @@ def test_opencl_replay_equals_op_by_op(case_files, case):
     np.testing.assert_array_equal(out[True], out[False])
 
 
-def test_fused_cpu_step_declines_what_it_lacks(case_files, tmp_path):
-    """Plain llama runs fused; rope factors (Llama 3.1), biases, QK-norm... run op by op, named."""
+def test_compiled_cpu_step_declines_what_it_lacks(case_files, tmp_path):
+    """Plain llama runs the compiled step; rope factors (Llama 3.1), biases, QK-norm... run op by
+    op, and step_path names the feature."""
     be = backend("cpu")
     plain = load(make_random_gguf(tmp_path / "plain.gguf", dim=128, seed=1), be)
-    assert not isinstance(be.fused_plan(plain), str)
-    assert "rope_factors" in be.fused_plan(load(case_files["llama31-q8_0"], be))
-    assert "biases" in be.fused_plan(load(case_files["qwen2-q8_0"], be))
+    assert plain.compiled_step is not None and plain.step_path.startswith("compiled step")
+    for case, feature in (("llama31-q8_0", "rope_factors"), ("qwen2-q8_0", "biases")):
+        model = load(case_files[case], be)
+        assert model.compiled_step is None and feature in model.step_path, model.step_path
 
 
 def test_unknown_rope_scaling_is_refused(tmp_path):

@@ -5,12 +5,22 @@ capability has its default here too, so callers never probe a backend with getat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..gguf_file import Tensor
 from ..kv_cache import SequenceCache
+
+
+class CompiledStep(Protocol):
+    """A backend's compiled form of one model's forward (e.g. kernels/step.py for llama on CPU)."""
+
+    def __call__(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray | None:
+        """What model.forward returns, or None for a call it does not take (the model then runs
+        its forward_ops)."""
+
+    def describe(self) -> str: ...
 
 
 class Backend(ABC):
@@ -72,6 +82,10 @@ class Backend(ABC):
         return np.ascontiguousarray(a, dtype=np.float32)
 
     # --- optional capabilities, with their defaults ----------------------------------------------
+
+    def compiled_step(self, model: Any) -> CompiledStep | str:
+        """The model's forward as one compiled step, or why there is none (it then runs op by op)."""
+        return f"the {self.name} backend has no compiled step"
 
     def copy_bandwidth(self) -> float | None:
         """Bytes/s of the backend's own memory (a GPU's), measured; None where weights live in host

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -22,30 +21,18 @@ from ..kv_cache import KVCache
 from ..kernels import ops
 from ..kernels.isa import available_isas, best_isa
 from ..kernels.qmatmul import mul_r8
-from ..kernels.quant import QK, R8_TYPES, R8Weight, dequantize_r8, quantize_q8_0, quantize_q8_0_serial, repack_r8
+from ..kernels.quant import QK, R8_TYPES, dequantize_r8, quantize_q8_0, quantize_q8_0_serial, repack_r8
 from . import rope
+from .numba_weights import DenseWeight, QuantWeight
 from .numpy_ref import NumpyBackend
+from .step import LlamaStep
 
 log = logging.getLogger(__name__)
 
-# what the fused step (kernels.fused) computes beyond a plain llama block: nothing yet, so a model
+# what the compiled step (kernels.step) computes beyond a plain llama block: nothing yet, so a model
 # that needs any feature (Model.features: biases, rope factors, QK-norm, soft-capping...) runs op by op
-FUSED_FEATURES: frozenset[str] = frozenset()
+COMPILED_STEP_FEATURES: frozenset[str] = frozenset()
 SERIAL_QUANT_ROWS = 4  # below this many activation rows a parallel region costs more than it saves
-
-
-@dataclass
-class QuantWeight:
-    r8: R8Weight
-    qtype: QT
-
-
-@dataclass
-class DenseWeight:
-    w: np.ndarray      # [ceil(n/8), ceil(k/16)*128] d8 layout of float32, or uint16 float16 bits
-    qtype: QT
-    rows: int
-    cols: int
 
 
 class NumbaBackend(NumpyBackend):
@@ -59,7 +46,6 @@ class NumbaBackend(NumpyBackend):
         if isa is not None and isa not in available_isas():
             raise ValueError(f"instruction set {isa!r} not available here (have {available_isas()})")
         self.isa = isa or best_isa()
-        self.fused = True                           # False: fused_forward declines (the op-by-op path runs)
         self._last_x: np.ndarray | None = None      # the activation quantized last, and its Q8_0 form:
         self._last_q: tuple[np.ndarray, ...] = ()   # q, k, v (and gate, up) share one input
         self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}   # rope setting: cos, sin [n, n_rot/2]
@@ -100,31 +86,16 @@ class NumbaBackend(NumpyBackend):
         rows = ops.deinterleave_d8(w.w, ids, w.cols)                 # [T, k]
         return rows.view(np.float16).astype(np.float32) if w.w.dtype == np.uint16 else rows.astype(np.float32)
 
-    # --- the fused step -------------------------------------------------------------------------
-    def fused_plan(self, model):
-        """The model's FusedLlama (built on first use), or the reason it has none (str)."""
-        plan = getattr(model, "_fused_plan", None)
-        if plan is None:
-            from .fused import FusedLlama
-            extra = sorted(model.features() - FUSED_FEATURES) if hasattr(model, "features") else []
-            if os.environ.get("LOCALLLM_FUSED", "1") == "0":
-                plan = "disabled by LOCALLLM_FUSED=0"
-            elif extra:
-                plan = f"the fused step lacks {', '.join(extra)}"
-            else:
-                plan = FusedLlama.build(model, self)
-            model._fused_plan = plan
-        return plan
-
-    def fused_forward(self, model, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray | None:
-        """The whole forward in one compiled call with one parallel region (kernels.fused), or None
-        when the model does not fit it (the architecture then runs its op-by-op forward)."""
-        if not self.fused or not isinstance(cache, KVCache) or cache.k.dtype != np.float16:
-            return None
-        plan = self.fused_plan(model)
-        if isinstance(plan, str):
-            return None
-        return plan(np.asarray(tokens, dtype=np.int64), cache, all_logits)
+    # --- the compiled step ---------------------------------------------------------------------
+    def compiled_step(self, model) -> LlamaStep | str:
+        """The whole forward in one compiled call with one parallel region (backend.step,
+        kernels.step), or the reason the model runs op by op (str)."""
+        extra = sorted(model.features() - COMPILED_STEP_FEATURES)
+        if os.environ.get("LOCALLLM_COMPILED_STEP", "1") == "0":
+            return "disabled by LOCALLLM_COMPILED_STEP=0"
+        if extra:
+            return f"the compiled step lacks {', '.join(extra)}"
+        return LlamaStep.build(model, self)
 
     # --- ops ----------------------------------------------------------------------------------
     def _quantized(self, x: np.ndarray) -> tuple[np.ndarray, ...]:

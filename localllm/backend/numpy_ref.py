@@ -59,6 +59,9 @@ class NumpyBackend(Backend):
 
     kv_types = ("f16", "f32", "q8_0")
 
+    def compiled_step(self, model) -> str:
+        return f"the {self.name} backend has no compiled step"
+
     def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int, head_dim_v: int,
                      kv_type: str = "f16") -> KVCache:
         return KVCache(n_layers, n_ctx, n_kv_heads, head_dim_k, head_dim_v, kv_type)

@@ -265,10 +265,15 @@ class OpenCLBackend(Backend):
         return out
 
     # --- decode record and replay -------------------------------------------------------------
-    def fused_forward(self, model, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray | None:
+    def compiled_step(self, model) -> "ReplayedStep | str":
+        """Decode steps recorded once and replayed (replay.py), for every architecture: a replay
+        re-enqueues what forward_ops enqueued (tests/test_architectures.py checks each)."""
+        return ReplayedStep(self, model)
+
+    def replayed(self, model, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray | None:
         """A one-token forward replayed from its recording (replay.py), or None: the caller then
-        runs its op-by-op forward (prefill, replay off, or while this very step is recorded)."""
-        if not self.replay or self._rec is not None or len(tokens) != 1 or not isinstance(cache, DeviceKVCache):
+        runs its op-by-op forward (prefill, replay off)."""
+        if not self.replay or len(tokens) != 1 or not isinstance(cache, DeviceKVCache):
             return None
         plans = self._plans.setdefault(cache, {})
         key = (id(model), all_logits)
@@ -293,7 +298,7 @@ class OpenCLBackend(Backend):
         self._positions.clear()        # the positions buffer must be this forward's own
         pos0 = cache.offset
         try:
-            logits = model.forward(tokens, cache, all_logits)
+            logits = model.forward_ops(tokens, cache, all_logits)
         finally:
             self._rec = None
             self._positions.clear()    # a replay rewrites the recorded buffer: never reuse it
@@ -324,3 +329,16 @@ class OpenCLBackend(Backend):
             self._run("copy_f32x4", (g,), (EW_LS,), src.buf, dst.buf, np.int32(n4))
         self.finish()
         return 2 * n4 * 16 * reps / (time.perf_counter() - t0)
+
+
+class ReplayedStep:
+    """OpenCLBackend's compiled step for one model: its decode steps replayed (OpenCLBackend.replayed)."""
+
+    def __init__(self, backend: OpenCLBackend, model) -> None:
+        self.backend, self.model = backend, model
+
+    def __call__(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray | None:
+        return self.backend.replayed(self.model, tokens, cache, all_logits)
+
+    def describe(self) -> str:
+        return "one-token decode steps recorded once, then replayed (prefill op by op)"

@@ -13,6 +13,7 @@ from gguf import quants
 from ..backend.base import Backend
 from ..errors import GGUFError, UnsupportedModelError
 from ..gguf_file import GGUFFile, Tensor
+from ..kv_cache import CacheBatch
 
 
 @dataclass
@@ -131,8 +132,32 @@ class Model:
         self._head = self.ops.upload(head_rows(t, rows, qtype))
 
     def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
-        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
+        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32). cache
+        may be a CacheBatch: rows of several sequences, each over its own cache."""
         raise NotImplementedError
+
+    # --- what forwards share, so that one forward serves a single cache or a CacheBatch ----------
+    @staticmethod
+    def positions(cache: Any, T: int) -> np.ndarray:
+        """The position of each of the T rows."""
+        return cache.positions() if isinstance(cache, CacheBatch) else cache.offset + np.arange(T)
+
+    def attend(self, q: Any, k: Any, v: Any, cache: Any, layer: int, scale: float, window: int = 0) -> Any:
+        """ops.attention over the rows' own caches: [T, H*dv]."""
+        if not isinstance(cache, CacheBatch):
+            return self.ops.attention(q, k, v, cache, layer, cache.offset, scale, window)
+        return np.concatenate([self.ops.attention(q[a:b], k[a:b], v[a:b], c, layer, c.offset, scale, window)
+                               for a, b, c in cache.spans()])
+
+    def output(self, x: Any, cache: Any, all_logits: bool) -> np.ndarray:
+        """Final norm and head: logits of the last row (of each CacheBatch segment) or of every row;
+        the normalised hidden states instead for a CacheBatch with hidden set."""
+        if not all_logits:
+            x = x[cache.last_rows()] if isinstance(cache, CacheBatch) else x[-1:]
+        x = self.ops.rms_norm(x, self.w("output_norm"), self.cfg.norm_eps)
+        if getattr(cache, "hidden", False):
+            return self.ops.to_numpy(x)
+        return self.ops.to_numpy(self.ops.matmul(x, self.output_weight()))             # [rows, vocab]
 
 
 def _bits(qtype: GGMLQuantizationType) -> float:

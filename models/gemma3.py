@@ -39,8 +39,8 @@ class Gemma3(Model):
 
     def forward(self, tokens: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
         ops, c = self.ops, self.cfg
-        T, pos0 = len(tokens), cache.offset
-        pos = pos0 + np.arange(T)                                                  # [T]
+        T = len(tokens)
+        pos = self.positions(cache, T)                                             # [T]
         x = ops.scale(ops.get_rows(self.w("token_embd"), tokens), math.sqrt(c.dim))  # [T, dim]
         for il, L in enumerate(self.layers):
             swa = self.is_swa[il]
@@ -52,16 +52,13 @@ class Gemma3(Model):
             q = ops.rope(ops.rms_norm(q, L.attn_q_norm, c.norm_eps), pos, c.n_rot, base, True, freq_scale)
             k = ops.rope(ops.rms_norm(k, L.attn_k_norm, c.norm_eps), pos, c.n_rot, base, True, freq_scale)
             q = ops.scale(q, self.q_scale)
-            o = ops.attention(q, k, v, cache, il, pos0, 1.0, self.window if swa else 0)  # [T, H*dv]
+            o = self.attend(q, k, v, cache, il, 1.0, self.window if swa else 0)        # [T, H*dv]
             o = ops.rms_norm(ops.matmul(o, L.attn_output), L.post_attention_norm, c.norm_eps)
             x = ops.add(x, o)                                                        # [T, dim]
             h = ops.rms_norm(x, L.ffn_norm, c.norm_eps)
             f = ops.geglu(ops.matmul(h, L.ffn_gate), ops.matmul(h, L.ffn_up))       # [T, ffn]
             x = ops.add(x, ops.rms_norm(ops.matmul(f, L.ffn_down), L.post_ffw_norm, c.norm_eps))
-        if not all_logits:
-            x = x[-1:]
-        x = ops.rms_norm(x, self.w("output_norm"), c.norm_eps)
-        return ops.to_numpy(ops.matmul(x, self.output_weight()))                                      # [T or 1, vocab]
+        return self.output(x, cache, all_logits)                                    # [T or 1, vocab]
 
 
 ARCHITECTURE = Gemma3

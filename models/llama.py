@@ -30,8 +30,8 @@ class Llama(Model):
             if out is not None:
                 return out
         ops, c = self.ops, self.cfg
-        T, pos0 = len(tokens), cache.offset
-        pos = pos0 + np.arange(T)                                              # [T]
+        T = len(tokens)
+        pos = self.positions(cache, T)                                         # [T]
         x = ops.get_rows(self.w("token_embd"), tokens)                         # [T, dim]
         for il, L in enumerate(self.layers):
             h = ops.rms_norm(x, L.attn_norm, c.norm_eps)                        # [T, dim]
@@ -40,15 +40,12 @@ class Llama(Model):
             v = ops.matmul(h, L.attn_v).reshape(T, c.n_kv_heads, c.head_dim_v)  # [T, KV, dv]
             q = ops.rope(q, pos, c.n_rot, c.rope_base, self.rope_neox, c.rope_freq_scale)
             k = ops.rope(k, pos, c.n_rot, c.rope_base, self.rope_neox, c.rope_freq_scale)
-            o = ops.attention(q, k, v, cache, il, pos0, 1.0 / math.sqrt(c.head_dim_k))  # [T, H*dv]
+            o = self.attend(q, k, v, cache, il, 1.0 / math.sqrt(c.head_dim_k))          # [T, H*dv]
             x = ops.add(x, ops.matmul(o, L.attn_output))                        # [T, dim]
             h = ops.rms_norm(x, L.ffn_norm, c.norm_eps)
             f = ops.swiglu(ops.matmul(h, L.ffn_gate), ops.matmul(h, L.ffn_up))  # [T, ffn]
             x = ops.add(x, ops.matmul(f, L.ffn_down))                           # [T, dim]
-        if not all_logits:
-            x = x[-1:]
-        x = ops.rms_norm(x, self.w("output_norm"), c.norm_eps)
-        return ops.to_numpy(ops.matmul(x, self.output_weight()))                                  # [T or 1, vocab]
+        return self.output(x, cache, all_logits)                                # [T or 1, vocab]
 
 
 ARCHITECTURE = Llama

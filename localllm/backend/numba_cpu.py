@@ -152,7 +152,8 @@ class NumbaBackend(NumpyBackend):
             theta = (np.arange(n, dtype=np.float32)[:, None] * np.float32(freq_scale)) * inv[None, :]  # [n, n_rot/2]
             cos, sin = self._rope_tables[key] = np.cos(theta), np.sin(theta)
         p0 = int(pos[0])
-        if len(pos) == end - p0:                       # consecutive positions (every forward): views
+        # consecutive positions (every forward of one sequence): views; a CacheBatch's are not
+        if len(pos) == end - p0 and (len(pos) == 1 or bool(np.all(np.diff(pos) == 1))):
             return cos[p0:end], sin[p0:end]
         return cos[pos], sin[pos]
 

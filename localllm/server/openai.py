@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from ..sampler import SamplingParams
-from .fields import RequestError, bounded, get, messages, require, stops
+from .fields import RequestError, bounded, get, messages, stops
 from .scheduler import Done, Failed, Job, Piece
 
 

@@ -136,7 +136,8 @@ class Scheduler:
         with self._cv:
             if self._stopping:
                 raise QueueFullError("the server is shutting down")
-            if len(self.queue) >= self.queue_size:
+            free = sum(s.job is None for s in self.slots)
+            if len(self.queue) >= self.queue_size + free:
                 raise QueueFullError(f"all {len(self.slots)} slots are busy and {self.queue_size} requests wait")
             self.queue.append(job)
             self._cv.notify()

@@ -124,6 +124,7 @@ class Scheduler:
         self.slots = [Slot(Sequence(self.model, cache, llm.prefix_cache if hasattr(cache, "snapshot") else None))
                       for cache in caches]
         self.batched = all(isinstance(cache, KVCache) for cache in caches)  # CacheBatch needs host caches
+        self.chooser = ModeChooser()
         self.queue: deque[Job] = deque()
         self.queue_size = queue_size
         self._cv = threading.Condition()
@@ -239,11 +240,19 @@ class Scheduler:
                 self._sample(s, row)
 
     def _forward(self, active: list[Slot], rows: list[list[int]]) -> list[np.ndarray]:
-        """The last row's logits of each slot's rows."""
-        if len(active) == 1 or not self.batched:
-            return [self.model.forward(np.asarray(r, dtype=np.int64), s.cache)[-1] for s, r in zip(active, rows)]
-        batch = CacheBatch([s.cache for s in active], [len(r) for r in rows])
-        return list(self.model.forward(np.asarray(sum(rows, []), dtype=np.int64), batch))
+        """The last row's logits of each slot's rows: one batched forward, or one per slot where
+        that measured cheaper (a backend's compiled single-sequence forward can beat its op-by-op
+        batched one, e.g. on a CPU that other processes keep busy)."""
+        mode = self.chooser.pick(len(active)) if len(active) > 1 and self.batched else "serial"
+        t0 = time.perf_counter()
+        if mode == "serial":
+            out = [self.model.forward(np.asarray(r, dtype=np.int64), s.cache)[-1] for s, r in zip(active, rows)]
+        else:
+            batch = CacheBatch([s.cache for s in active], [len(r) for r in rows])
+            out = list(self.model.forward(np.asarray(sum(rows, []), dtype=np.int64), batch))
+        if len(active) > 1:
+            self.chooser.record(mode, len(active), (time.perf_counter() - t0) / sum(len(r) for r in rows))
+        return out
 
     def _account(self, rows: list[list[int]], decodes: list[bool], seconds: float) -> None:
         """Split a step's time between prefill and decode by their share of its rows."""
@@ -313,6 +322,29 @@ class Scheduler:
             total += hidden.sum(axis=0)
         mean = total / len(ids)
         return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+
+
+class ModeChooser:
+    """Picks "batch" or "serial" for a step over n slots: the lower measured time per row (a
+    moving average per mode and n), trying the other mode now and then as conditions change."""
+
+    EXPLORE = 32     # steps between tries of the mode not in favour
+
+    def __init__(self) -> None:
+        self.cost: dict[tuple[str, int], float] = {}
+        self.steps = 0
+
+    def pick(self, n: int) -> str:
+        self.steps += 1
+        batch, serial = self.cost.get(("batch", n)), self.cost.get(("serial", n))
+        if batch is None or serial is None:
+            return "batch" if batch is None else "serial"
+        best, other = ("batch", "serial") if batch <= serial else ("serial", "batch")
+        return other if self.steps % self.EXPLORE == 0 else best
+
+    def record(self, mode: str, n: int, seconds_per_row: float) -> None:
+        old = self.cost.get((mode, n))
+        self.cost[(mode, n)] = seconds_per_row if old is None else 0.8 * old + 0.2 * seconds_per_row
 
 
 def _logprobs(logits: np.ndarray, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:

@@ -270,3 +270,32 @@ def test_load_with_disconnects(server):
         t.join()
     assert not failures and len(done) > LOAD_CLIENTS and dropped and set(dropped) == {200}
     assert wait_idle(server.url) == 0
+
+
+# --- a real model ------------------------------------------------------------------------------------
+def test_smollm2_greedy_through_server_equals_chat(smollm2_path):
+    """SmolLM2 on the CPU backend: replies through the server (alone, and two at once, which runs
+    them batched or interleaved) equal LLM.chat's."""
+    ref = localllm.load(smollm2_path, n_ctx=512)
+    asks = [[{"role": "user", "content": "What is the capital of France?"}],
+            [{"role": "user", "content": "Write a haiku about rain."}]]
+    expected = ["".join(ref.chat(m, max_tokens=16, temperature=0)) for m in asks]
+    ref.close()
+    handle = localllm.serve(localllm.load(smollm2_path, n_ctx=512), port=0, parallel=2)
+    try:
+        client = openai.OpenAI(base_url=handle.url + "/v1", api_key="unused", max_retries=0)
+
+        def ask(m):
+            return client.chat.completions.create(model="smollm2-135m", messages=m, max_tokens=16,
+                                                  temperature=0).choices[0].message.content
+        assert ask(asks[0]) == expected[0]
+        results = [None, None]
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ask(asks[i]))) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == expected
+        assert ("batch", 2) in handle.state.scheduler.chooser.cost   # a step ran both in one forward
+    finally:
+        handle.stop()

@@ -356,3 +356,40 @@ def test_smollm2_greedy_through_server_equals_chat(smollm2_path):
         assert ("batch", 2) in handle.state.scheduler.chooser.cost   # a step ran both in one forward
     finally:
         handle.stop()
+
+
+# --- the chat page in a real browser -----------------------------------------------------------------
+def chromium_path() -> str | None:
+    import shutil
+    return os.environ.get("LOCALLLM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_chat_page_in_headless_chromium(server, ref):
+    """Type a message, see the streamed greedy answer and the tok/s readout; the screenshot is kept in
+    $LOCALLLM_TEST_ARTIFACTS (default .test-artifacts/)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright")
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no chromium executable (apt-get install chromium, or set LOCALLLM_CHROMIUM)")
+    from pathlib import Path
+    artifacts = Path(os.environ.get("LOCALLLM_TEST_ARTIFACTS", Path(__file__).parent.parent / ".test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    ask = [{"role": "user", "content": "Hello there"}]
+    expected = "".join(ref.chat(ask, max_tokens=12, temperature=0))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+            page.fill("#temperature", "0")
+            page.fill("#max_tokens", "12")
+            page.fill("#input", "Hello there")
+            page.press("#input", "Enter")
+            page.wait_for_function("document.querySelector('.assistant') && !document.getElementById('send').disabled")
+            assert page.eval_on_selector(".assistant", "e => e.textContent") == expected
+            assert "tokens" in page.inner_text("#status")
+            page.screenshot(path=str(artifacts / "chat_page.png"))
+        finally:
+            browser.close()
+    assert wait_idle(server.url) == 0

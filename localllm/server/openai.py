@@ -22,6 +22,8 @@ def check_context(ids: list[int], llm, param: str) -> list[int]:
 
 def job_options(body: dict, llm) -> dict:
     """Sampling and limits shared by chat and completions (unset fields: llama.cpp's defaults)."""
+    if bounded(body, "n", int, 1, 1) != 1:
+        raise RequestError("only n=1 is supported", param="n")
     d = SamplingParams()
     params = SamplingParams(
         temperature=bounded(body, "temperature", float, d.temperature, 0, 2),

@@ -167,9 +167,10 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while self._wait_for_work():
-                self._admit()
-                if any(s.job is not None for s in self.slots):
-                    self._step()
+                with self.llm._lock:       # the app may use the same LLM in-process between steps
+                    self._admit()
+                    if any(s.job is not None for s in self.slots):
+                        self._step()
         except Exception as e:          # a bug must not leave clients hanging
             log.exception("scheduler failed")
             self._fail_all(f"internal error: {e}")

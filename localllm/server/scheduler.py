@@ -120,7 +120,8 @@ class Scheduler:
         self.llm, self.model, self.metrics = llm, llm.model, metrics
         c = self.model.cfg
         shape = (c.n_layers, llm.n_ctx, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
-        caches = [llm.backend.new_kv_cache(*shape) for _ in range(parallel)]
+        kv = {"kv_type": llm.kv_type} if llm.kv_type != "f16" else {}    # as LLM._sequence makes its cache
+        caches = [llm.backend.new_kv_cache(*shape, **kv) for _ in range(parallel)]
         self.slots = [Slot(Sequence(self.model, cache, llm.prefix_cache if hasattr(cache, "snapshot") else None))
                       for cache in caches]
         self.batched = all(isinstance(cache, KVCache) for cache in caches)  # CacheBatch needs host caches

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -91,13 +92,20 @@ async def watched(job: Job, request: Request):
     async def watch() -> None:
         while not await request.is_disconnected():
             await asyncio.sleep(0.2)
-        job.cancelled = True
+        job.cancel()
     watcher = asyncio.create_task(watch())
     try:
         async for ev in job.events():
             yield ev
     finally:
         watcher.cancel()
+
+
+def streaming(chunks, job: Job, media_type: str) -> StreamingResponse:
+    """A streamed reply; the background task cancels the job however the response ends (a client
+    gone before the first chunk never starts the generator, so its own cleanup would not run)."""
+    return StreamingResponse(chunks, media_type=media_type, headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(job.cancel))
 
 
 def error_response(e: RequestError, api: str) -> Response:
@@ -140,11 +148,12 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
         llm = state.loaded()
         state.check_model(body)
         job = (openai.chat_job if chat else openai.completion_job)(body, llm)
+        streamed = get(body, "stream", bool, False)
+        include = get(get(body, "stream_options", dict, {}), "include_usage", bool, False)
         state.submit(job)
-        if get(body, "stream", bool, False):
-            include = get(get(body, "stream_options", dict, {}), "include_usage", bool, False)
-            return StreamingResponse(openai.stream(job.events(), job, llm, state.model, chat, include),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if streamed:
+            return streaming(openai.stream(job.events(), job, llm, state.model, chat, include), job,
+                             "text/event-stream")
         pieces, done = await openai.collect(watched(job, request))
         make = openai.chat_response if chat else openai.completion_response
         return JSONResponse(make(pieces, done, job, llm, state.model))
@@ -185,9 +194,10 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
         llm = state.loaded()
         state.check_model(body)
         job = (ollama.chat_job if chat else ollama.generate_job)(body, llm)
+        streamed = get(body, "stream", bool, True)
         state.submit(job)
-        if get(body, "stream", bool, True):
-            return StreamingResponse(ollama.stream(job.events(), state.model, chat), media_type="application/x-ndjson")
+        if streamed:
+            return streaming(ollama.stream(job.events(), state.model, chat), job, "application/x-ndjson")
         return JSONResponse(await ollama.respond(watched(job, request), state.model, chat))
 
     async def tags(request: Request) -> Response:

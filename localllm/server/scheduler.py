@@ -68,12 +68,16 @@ class Job:
         self.cancelled = False
         self.cached_tokens = 0
 
+    def cancel(self) -> None:
+        """The client is gone: the worker frees the job's slot at its next step."""
+        self.cancelled = True
+
     def emit(self, event) -> None:
         """From the worker thread: hand an event to the request's loop."""
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:     # the loop is closed: nobody listens any more
-            self.cancelled = True
+            self.cancel()
 
     async def events(self):
         """Pieces until a Done or Failed (or an embedding: a numpy vector); cancels on exit."""
@@ -84,7 +88,7 @@ class Job:
                 if not isinstance(ev, Piece):
                     return
         finally:
-            self.cancelled = True
+            self.cancel()
 
 
 class Slot:
@@ -245,15 +249,16 @@ class Scheduler:
         """The last row's logits of each slot's rows: one batched forward, or one per slot where
         that measured cheaper (a backend's compiled single-sequence forward can beat its op-by-op
         batched one, e.g. on a CPU that other processes keep busy)."""
-        mode = self.chooser.pick(len(active)) if len(active) > 1 and self.batched else "serial"
+        decode_only = all(len(r) == 1 for r in rows)
+        mode = self.chooser.pick(len(active), decode_only) if len(active) > 1 and self.batched else "serial"
         t0 = time.perf_counter()
         if mode == "serial":
             out = [self.model.forward(np.asarray(r, dtype=np.int64), s.cache)[-1] for s, r in zip(active, rows)]
         else:
             batch = CacheBatch([s.cache for s in active], [len(r) for r in rows])
             out = list(self.model.forward(np.asarray(sum(rows, []), dtype=np.int64), batch))
-        if len(active) > 1:
-            self.chooser.record(mode, len(active), (time.perf_counter() - t0) / sum(len(r) for r in rows))
+        if len(active) > 1 and decode_only:
+            self.chooser.record(mode, len(active), (time.perf_counter() - t0) / len(rows))
         return out
 
     def _account(self, rows: list[list[int]], decodes: list[bool], seconds: float) -> None:
@@ -327,22 +332,29 @@ class Scheduler:
 
 
 class ModeChooser:
-    """Picks "batch" or "serial" for a step over n slots: the lower measured time per row (a
-    moving average per mode and n), trying the other mode now and then as conditions change."""
+    """Picks "batch" or "serial" for a decode step over n slots: the lower measured time per row
+    (a moving average per mode and n), trying the other mode now and then as conditions change,
+    less often the worse it measured (so tries cost about 1/EXPLORE of the time). Steps with
+    prompt rows run serially and are not measured: their cost depends on the prompts' lengths."""
 
-    EXPLORE = 32     # steps between tries of the mode not in favour
+    EXPLORE = 32
 
     def __init__(self) -> None:
         self.cost: dict[tuple[str, int], float] = {}
-        self.steps = 0
+        self.since: dict[int, int] = {}      # n -> steps since the other mode was last tried
 
-    def pick(self, n: int) -> str:
-        self.steps += 1
+    def pick(self, n: int, decode_only: bool) -> str:
+        if not decode_only:
+            return "serial"
         batch, serial = self.cost.get(("batch", n)), self.cost.get(("serial", n))
         if batch is None or serial is None:
-            return "batch" if batch is None else "serial"
+            return "serial" if serial is None else "batch"
         best, other = ("batch", "serial") if batch <= serial else ("serial", "batch")
-        return other if self.steps % self.EXPLORE == 0 else best
+        self.since[n] = self.since.get(n, 0) + 1
+        if self.since[n] >= self.EXPLORE * self.cost[(other, n)] / self.cost[(best, n)]:
+            self.since[n] = 0
+            return other
+        return best
 
     def record(self, mode: str, n: int, seconds_per_row: float) -> None:
         old = self.cost.get((mode, n))

@@ -1,6 +1,7 @@
 """Serving throughput: aggregate decode tok/s and time to first token with 1, 2, 4, 8 concurrent
 streaming clients (each its own prompt, greedy, a fixed number of tokens) against `localllm serve`
-started in-process, or any OpenAI-compatible server given by --url (e.g. llama.cpp's llama-server).
+started as a separate process (as clients would meet it), or any OpenAI-compatible server given by
+--url (e.g. llama.cpp's llama-server).
 
     python bench/bench_serve.py [--model smollm2-135m] [--streams 1,2,4,8] [--tokens 64] [--parallel 8]
     python bench/bench_serve.py --url http://127.0.0.1:8081      # another server
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
-
-import localllm
 
 TOPICS = ["the sea", "a city at night", "mountains", "a library", "the first snow", "a train journey",
           "an old clock", "a garden in spring", "the moon", "a market", "a lighthouse", "rain"]
@@ -65,12 +67,16 @@ def main() -> None:
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    handle = None
-    url = args.url
+    server, url = None, args.url
     if url is None:
-        llm = localllm.load(args.model, backend=args.backend, threads=args.threads, n_ctx=1024)
-        handle = localllm.serve(llm, port=0, parallel=args.parallel)
-        url = handle.url
+        cmd = [sys.executable, "-m", "localllm.cli", "serve", args.model, "--port", "0", "--ctx", "1024",
+               "--parallel", str(args.parallel), "--backend", args.backend]
+        server = subprocess.Popen(cmd + (["--threads", str(args.threads)] if args.threads else []),
+                                  stdout=subprocess.PIPE, text=True)
+        line = server.stdout.readline()
+        if "http://" not in line:
+            raise SystemExit(f"the server did not start: {line!r}")
+        url = line[line.index("http://"):].split()[0]
     try:
         model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
         run(url, model, 1, 8)                                  # warm-up (compilation, caches)
@@ -79,9 +85,13 @@ def main() -> None:
             r = run(url, model, n, args.tokens)
             print(f"{r['streams']:>7} {r['tokens']:>6} {r['wall_s']:>7.2f} {r['aggregate_tps']:>9.1f} "
                   f"{r['ttft_median_s']:>10.2f} {r['ttft_max_s']:>10.2f}", flush=True)
+        steps = [line for line in httpx.get(url + "/metrics").text.splitlines() if line.startswith("localllm_step")]
+        if steps:
+            print("server steps:", "; ".join(steps))
     finally:
-        if handle is not None:
-            handle.stop()
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,18 @@ class Metrics:
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     prefix_hits: int = 0          # requests that reused cached K/V of an earlier prompt
+    steps: Counter = field(default_factory=Counter)       # forward steps by mode: batch, serial
+    step_seconds: Counter = field(default_factory=Counter)
 
     def render(self, scheduler) -> str:
         """The exposition text; scheduler (None while loading) gives the live gauges."""
         lines = ["# TYPE localllm_requests_total counter"]
         lines += [f'localllm_requests_total{{route="{route}",status="{status}"}} {n}'
                   for (route, status), n in sorted(self.requests.items())]
+        lines += ["# TYPE localllm_steps_total counter"]
+        lines += [f'localllm_steps_total{{mode="{m}"}} {n}' for m, n in sorted(self.steps.items())]
+        lines += ["# TYPE localllm_step_seconds_total counter"]
+        lines += [f'localllm_step_seconds_total{{mode="{m}"}} {t:g}' for m, t in sorted(self.step_seconds.items())]
         queue, active, used, capacity = 0, 0, 0, 0
         if scheduler is not None:
             queue, active = scheduler.queue_depth, scheduler.active

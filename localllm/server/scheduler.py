@@ -12,6 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from ..errors import LocalLLMError
@@ -134,6 +135,7 @@ class Scheduler:
         self.queue_size = queue_size
         self._cv = threading.Condition()
         self._stopping = False
+        self._threads = numba.get_num_threads()     # numba's thread count is per thread: the worker takes ours
         self._thread = threading.Thread(target=self._run, name="localllm-scheduler", daemon=True)
         self._thread.start()
 
@@ -170,6 +172,7 @@ class Scheduler:
 
     # --- the worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
+        numba.set_num_threads(self._threads)
         try:
             while self._wait_for_work():
                 with self.llm._lock:       # the app may use the same LLM in-process between steps
@@ -257,8 +260,12 @@ class Scheduler:
         else:
             batch = CacheBatch([s.cache for s in active], [len(r) for r in rows])
             out = list(self.model.forward(np.asarray(sum(rows, []), dtype=np.int64), batch))
+        seconds = time.perf_counter() - t0
         if len(active) > 1 and decode_only:
-            self.chooser.record(mode, len(active), (time.perf_counter() - t0) / len(rows))
+            self.chooser.record(mode, len(active), seconds / len(rows))
+        if self.metrics is not None:
+            self.metrics.steps[mode] += 1
+            self.metrics.step_seconds[mode] += seconds
         return out
 
     def _account(self, rows: list[list[int]], decodes: list[bool], seconds: float) -> None:
@@ -342,6 +349,7 @@ class ModeChooser:
     def __init__(self) -> None:
         self.cost: dict[tuple[str, int], float] = {}
         self.since: dict[int, int] = {}      # n -> steps since the other mode was last tried
+        self.seen: set[tuple[str, int]] = set()
 
     def pick(self, n: int, decode_only: bool) -> str:
         if not decode_only:
@@ -357,6 +365,9 @@ class ModeChooser:
         return best
 
     def record(self, mode: str, n: int, seconds_per_row: float) -> None:
+        if (mode, n) not in self.seen:      # a first use may include compiling (or loading) kernels
+            self.seen.add((mode, n))
+            return
         old = self.cost.get((mode, n))
         self.cost[(mode, n)] = seconds_per_row if old is None else 0.8 * old + 0.2 * seconds_per_row
 

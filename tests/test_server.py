@@ -177,14 +177,14 @@ def test_malformed_requests(server):
 def test_api_key_full_queue_and_disconnect(model_path):
     """One slot, no queue: a second request while a stream runs gets 503 + Retry-After; closing
     the stream frees the slot; requests need the key."""
-    handle = localllm.serve(localllm.load(model_path, backend="numpy"), port=0, parallel=1, queue_size=0,
-                            api_key="sekret")
+    llm = localllm.load(model_path, backend="numpy", n_ctx=8192)      # room for a stream that outlasts the test
+    handle = localllm.serve(llm, port=0, parallel=1, queue_size=0, api_key="sekret")
     try:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=handle.url + "/v1", api_key="wrong", max_retries=0).models.list()
         assert httpx.get(handle.url + "/v1/models").status_code == 401
         good = openai.OpenAI(base_url=handle.url + "/v1", api_key="sekret", max_retries=0)
-        stream = good.completions.create(model="tiny", prompt="a", max_tokens=200, stream=True)
+        stream = good.completions.create(model="tiny", prompt="a", max_tokens=8000, stream=True)
         next(iter(stream))
         r = httpx.post(handle.url + "/v1/completions", json={"prompt": "b", "max_tokens": 2},
                        headers={"Authorization": "Bearer sekret"})

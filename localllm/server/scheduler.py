@@ -349,7 +349,7 @@ class ModeChooser:
     def __init__(self) -> None:
         self.cost: dict[tuple[str, int], float] = {}
         self.since: dict[int, int] = {}      # n -> steps since the other mode was last tried
-        self.seen: set[tuple[str, int]] = set()
+        self.seen: set[str] = set()
 
     def pick(self, n: int, decode_only: bool) -> str:
         if not decode_only:
@@ -365,8 +365,8 @@ class ModeChooser:
         return best
 
     def record(self, mode: str, n: int, seconds_per_row: float) -> None:
-        if (mode, n) not in self.seen:      # a first use may include compiling (or loading) kernels
-            self.seen.add((mode, n))
+        if mode not in self.seen:      # a first use may include compiling (or loading) kernels
+            self.seen.add(mode)
             return
         old = self.cost.get((mode, n))
         self.cost[(mode, n)] = seconds_per_row if old is None else 0.8 * old + 0.2 * seconds_per_row

@@ -4,6 +4,7 @@ separate ones; a bounded load test with clients that disconnect mid-stream."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import threading
@@ -234,6 +235,8 @@ def test_ollama_chat_and_generate(server, ref):
     assert r["message"]["content"] == expected and r["done"] and r["eval_count"] == 10
     lines = [json.loads(x) for x in httpx.post(server.url + "/api/chat", json={**body, "stream": True}).text.splitlines()]
     assert "".join(x["message"]["content"] for x in lines) == expected and lines[-1]["done"]
+    preload = httpx.post(server.url + "/api/generate", json={"model": "tiny"}).json()
+    assert preload["done"] and preload["response"] == ""
     raw = {"model": "tiny:latest", "prompt": "Once upon", "raw": True, "options": {"temperature": 0, "num_predict": 6}}
     streamed = [json.loads(x) for x in httpx.post(server.url + "/api/generate", json=raw).text.splitlines()]
     whole = httpx.post(server.url + "/api/generate", json={**raw, "stream": False}).json()
@@ -250,7 +253,7 @@ def test_ollama_metadata_routes(server):
     assert httpx.get(server.url + "/api/version").json()["version"] == localllm.__version__
 
 
-def test_health_while_loading_and_metrics(model_path, server):
+def test_health_while_loading_metrics_and_access_log(model_path, server, caplog):
     handle = localllm.serve(None, port=0)
     try:
         r = httpx.get(handle.url + "/health")
@@ -260,7 +263,9 @@ def test_health_while_loading_and_metrics(model_path, server):
         assert httpx.get(handle.url + "/health").json()["status"] == "ok"
     finally:
         handle.stop()
-    httpx.post(server.url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 4})
+    with caplog.at_level(logging.INFO, logger="localllm.server.access"):
+        httpx.post(server.url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 4})
+    assert any("POST /v1/chat/completions 200" in r.getMessage() for r in caplog.records)
     text = httpx.get(server.url + "/metrics").text
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
     assert values["localllm_completion_tokens_total"] > 0 and values["localllm_decode_tokens_per_second"] > 0

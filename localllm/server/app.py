@@ -193,6 +193,9 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
         body = await json_body(request)
         llm = state.loaded()
         state.check_model(body)
+        if not chat and not get(body, "prompt", str, ""):     # ollama clients preload a model this way
+            return JSONResponse({"model": state.model, "created_at": ollama.now(), "response": "", "done": True,
+                                 "done_reason": "load"})
         job = (ollama.chat_job if chat else ollama.generate_job)(body, llm)
         streamed = get(body, "stream", bool, True)
         state.submit(job)

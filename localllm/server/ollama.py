@@ -43,7 +43,7 @@ def generate_job(body: dict, llm) -> Job:
     return Job(check_context(ids, llm, "prompt"), **_options(body))
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
@@ -67,7 +67,7 @@ class Timer:
 
 
 def _body(chat: bool, model: str, text: str) -> dict:
-    out = {"model": model, "created_at": _now()}
+    out = {"model": model, "created_at": now()}
     if chat:
         out["message"] = {"role": "assistant", "content": text}
     else:

@@ -218,6 +218,8 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         if state.llm is None:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+        if not state.scheduler.alive:
+            return JSONResponse({"status": "stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:

@@ -151,6 +151,10 @@ class Scheduler:
             self._cv.notify()
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
     def queue_depth(self) -> int:
         return len(self.queue)
 

@@ -359,14 +359,21 @@ class ModeChooser:
         if not decode_only:
             return "serial"
         batch, serial = self.cost.get(("batch", n)), self.cost.get(("serial", n))
-        if batch is None or serial is None:
-            return "serial" if serial is None else "batch"
+        if serial is None:
+            return "serial"
+        if batch is None:       # a first try at this n, unless batching measured far worse at others
+            return "batch" if self._promising() else "serial"
         best, other = ("batch", "serial") if batch <= serial else ("serial", "batch")
         self.since[n] = self.since.get(n, 0) + 1
         if self.since[n] >= self.EXPLORE * self.cost[(other, n)] / self.cost[(best, n)]:
             self.since[n] = 0
             return other
         return best
+
+    def _promising(self) -> bool:
+        ratios = [c / self.cost[("serial", n)] for (mode, n), c in self.cost.items()
+                  if mode == "batch" and ("serial", n) in self.cost]
+        return not ratios or min(ratios) < 2
 
     def record(self, mode: str, n: int, seconds_per_row: float) -> None:
         if mode not in self.seen:      # a first use may include compiling (or loading) kernels

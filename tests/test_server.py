@@ -177,7 +177,7 @@ def test_malformed_requests(server):
 
 def test_api_key_full_queue_and_disconnect(model_path):
     """One slot, no queue: a second request while a stream runs gets 503 + Retry-After; closing
-    the stream frees the slot; requests need the key."""
+    the stream, or giving up on a non-streamed reply, frees the slot; requests need the key."""
     llm = localllm.load(model_path, backend="numpy", n_ctx=8192)      # room for a stream that outlasts the test
     handle = localllm.serve(llm, port=0, parallel=1, queue_size=0, api_key="sekret")
     try:
@@ -185,12 +185,17 @@ def test_api_key_full_queue_and_disconnect(model_path):
             openai.OpenAI(base_url=handle.url + "/v1", api_key="wrong", max_retries=0).models.list()
         assert httpx.get(handle.url + "/v1/models").status_code == 401
         good = openai.OpenAI(base_url=handle.url + "/v1", api_key="sekret", max_retries=0)
-        stream = good.completions.create(model="tiny", prompt="a", max_tokens=8000, stream=True)
+        stream = good.completions.create(model="tiny", prompt="a", max_tokens=8000, stream=True,
+                                         extra_body={"ignore_eos": True})
         next(iter(stream))
         r = httpx.post(handle.url + "/v1/completions", json={"prompt": "b", "max_tokens": 2},
                        headers={"Authorization": "Bearer sekret"})
         assert r.status_code == 503 and "Retry-After" in r.headers
         stream.close()
+        assert wait_idle(handle.url) == 0
+        with pytest.raises(httpx.ReadTimeout):         # a non-streamed request's client gives up
+            httpx.post(handle.url + "/v1/completions", json={"prompt": "c", "max_tokens": 8000, "ignore_eos": True},
+                       headers={"Authorization": "Bearer sekret"}, timeout=0.5)
         assert wait_idle(handle.url) == 0
         assert good.completions.create(model="tiny", prompt="b", max_tokens=2).choices[0].text is not None
     finally:
@@ -198,8 +203,8 @@ def test_api_key_full_queue_and_disconnect(model_path):
 
 
 def test_stop_ends_running_streams(model_path):
-    handle = localllm.serve(localllm.load(model_path, backend="numpy"), port=0, parallel=1)
-    body = {"prompt": "a", "max_tokens": 100000, "stream": True}
+    handle = localllm.serve(localllm.load(model_path, backend="numpy", n_ctx=8192), port=0, parallel=1)
+    body = {"prompt": "a", "max_tokens": 8000, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", handle.url + "/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         next(lines)

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import time
+from contextlib import aclosing
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -88,7 +89,7 @@ async def json_body(request: Request) -> dict:
 
 async def watched(job: Job, request: Request):
     """job.events(), cancelling the job if the client goes away while we wait (a non-streamed
-    reply; a stream's disconnect cancels its generator instead)."""
+    reply; a stream's response cancels it instead). Use under aclosing, which stops the watcher."""
     async def watch() -> None:
         while not await request.is_disconnected():
             await asyncio.sleep(0.2)
@@ -154,7 +155,8 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
         if streamed:
             return streaming(openai.stream(job.events(), job, llm, state.model, chat, include), job,
                              "text/event-stream")
-        pieces, done = await openai.collect(watched(job, request))
+        async with aclosing(watched(job, request)) as events:
+            pieces, done = await openai.collect(events)
         make = openai.chat_response if chat else openai.completion_response
         return JSONResponse(make(pieces, done, job, llm, state.model))
 
@@ -170,7 +172,8 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
         for i, ids in enumerate(inputs):
             job = Job(ids, embed=True)
             state.submit(job)
-            vec = await anext(watched(job, request))
+            async with aclosing(watched(job, request)) as events:
+                vec = await anext(events)
             if isinstance(vec, Failed):
                 raise RequestError(vec.message, status=503, kind="server_error")
             value = base64.b64encode(vec.astype("<f4").tobytes()).decode() if fmt == "base64" else vec.tolist()
@@ -201,7 +204,8 @@ def create_app(state: ServerState, cors_origin: str | None = None) -> Starlette:
         state.submit(job)
         if streamed:
             return streaming(ollama.stream(job.events(), state.model, chat), job, "application/x-ndjson")
-        return JSONResponse(await ollama.respond(watched(job, request), state.model, chat))
+        async with aclosing(watched(job, request)) as events:
+            return JSONResponse(await ollama.respond(events, state.model, chat))
 
     async def tags(request: Request) -> Response:
         return JSONResponse(ollama.tags(state.model, state.loaded()))

@@ -37,7 +37,8 @@ def job_options(body: dict, llm) -> dict:
         max_tokens = bounded(body, "max_tokens", int, -1, 1)
     return {"params": params, "max_tokens": max_tokens, "stops": stops(body),
             "presence_penalty": bounded(body, "presence_penalty", float, 0.0, -2, 2),
-            "frequency_penalty": bounded(body, "frequency_penalty", float, 0.0, -2, 2)}
+            "frequency_penalty": bounded(body, "frequency_penalty", float, 0.0, -2, 2),
+            "ignore_eos": get(body, "ignore_eos", bool, False)}
 
 
 def chat_job(body: dict, llm) -> Job:

@@ -61,6 +61,7 @@ class Job:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None          # None: off; n: the chosen token's and the n best
+    ignore_eos: bool = False             # llama.cpp's extension: never sample an end-of-generation token
     embed: bool = False
 
     def __post_init__(self) -> None:
@@ -214,6 +215,7 @@ class Scheduler:
                     return
                 job = self.queue.popleft()
             if job.cancelled:
+                job.emit(Failed("cancelled"))
                 continue
             if job.embed:
                 job.emit(self._embed(job.ids) if self.batched else
@@ -231,6 +233,7 @@ class Scheduler:
         or is a decode."""
         for s in self.slots:
             if s.job is not None and s.job.cancelled:
+                s.job.emit(Failed("cancelled"))      # ends a handler still waiting on the job
                 s.job = None                         # a disconnected client frees its slot here
         active = [s for s in self.slots if s.job is not None]
         if not active:
@@ -304,10 +307,13 @@ class Scheduler:
         if len(s.generated) == job.max_tokens or s.cache.offset >= s.cache.n_ctx:
             return self._finish(s, "length")
 
-    @staticmethod
-    def _penalised(logits: np.ndarray, s: Slot) -> np.ndarray:
-        """OpenAI's presence and frequency penalties over the tokens generated so far."""
+    def _penalised(self, logits: np.ndarray, s: Slot) -> np.ndarray:
+        """OpenAI's presence and frequency penalties over the tokens generated so far; with
+        ignore_eos, end-of-generation tokens out of reach."""
         job = s.job
+        if job.ignore_eos:
+            logits = logits.copy()
+            logits[list(self.llm.tokenizer.eog_ids)] = -np.inf
         if not s.generated or (job.presence_penalty == 0 and job.frequency_penalty == 0):
             return logits
         ids, counts = np.unique(np.asarray(s.generated), return_counts=True)

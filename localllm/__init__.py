@@ -19,6 +19,13 @@ def render_chat_template(template: str, messages: list, add_generation_prompt: b
     return render(template, messages, add_generation_prompt, **variables)
 
 
-__all__ = ["LLM", "load", "render_chat_template", "LocalLLMError", "GGUFError", "UnsupportedModelError",
+def serve(llm: LLM, **kwargs):
+    """Serve llm over HTTP (OpenAI and ollama APIs) from a background thread; returns a handle
+    with `.url` and `.stop()`. Needs the `server` extra; see localllm.server.serve."""
+    from .server import serve as start
+    return start(llm, **kwargs)
+
+
+__all__ = ["LLM", "load", "serve", "render_chat_template", "LocalLLMError", "GGUFError", "UnsupportedModelError",
            "ContextOverflowError"]
 __version__ = "0.1.0"

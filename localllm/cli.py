@@ -288,6 +288,25 @@ def tokenize(model, text, ids, no_bos, no_special):
         click.echo(f"{t:>7} {llm.tokenizer.token_to_piece(t)!r}")
 
 
+@main.command()
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (other hosts: 0.0.0.0).")
+@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port.")
+@click.option("--parallel", type=int, default=4, show_default=True, help="Sequences decoded together (slots).")
+@click.option("--queue", "queue_size", type=int, default=64, show_default=True, help="Requests waiting for a slot.")
+@click.option("-c", "--ctx", "n_ctx", type=int, default=None, help="Context length of each slot.")
+@click.option("-t", "--threads", type=int, default=None)
+@click.option("--backend", default="cpu", show_default=True, help="cpu, numpy (reference), opencl, auto.")
+@click.option("--api-key", default=None, envvar="LOCALLLM_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+@click.option("--cors-origin", default=None, help="Allow browser requests from this origin.")
+@_guard
+def serve(model, host, port, parallel, queue_size, n_ctx, threads, backend, api_key, cors_origin):
+    """Serve MODEL over HTTP: OpenAI (/v1) and ollama (/api) APIs, a chat page at /."""
+    from .server import run_until_signal
+    run_until_signal(model, host=host, port=port, parallel=parallel, queue_size=queue_size, n_ctx=n_ctx,
+                     threads=threads, backend=backend, api_key=api_key, cors_origin=cors_origin)
+
+
 def _register_tools() -> None:
     """quantize and perplexity live in cli_tools (which imports _guard from here)."""
     from .cli_tools import perplexity_cmd, quantize_cmd

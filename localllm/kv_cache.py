@@ -178,3 +178,24 @@ def _common(a, b) -> int:
             break
         n += 1
     return n
+
+
+class CacheBatch:
+    """The rows of one forward split among sequences: segment i is lengths[i] consecutive tokens
+    appended to caches[i] (continuous batching: one sweep over the weights serves every sequence,
+    attention runs per segment over its own cache). forward then returns the last row of each
+    segment (or every row with all_logits); with `hidden`, the final normalised hidden states
+    instead of logits (embeddings). Host-memory caches only (KVCache)."""
+
+    def __init__(self, caches: list[KVCache], lengths: list[int], hidden: bool = False) -> None:
+        self.caches, self.lengths, self.hidden = caches, lengths, hidden
+        self.ends = np.cumsum(lengths)
+
+    def positions(self) -> np.ndarray:
+        return np.concatenate([c.offset + np.arange(n) for c, n in zip(self.caches, self.lengths)])
+
+    def spans(self) -> list[tuple[int, int, KVCache]]:
+        return [(int(e) - n, int(e), c) for c, n, e in zip(self.caches, self.lengths, self.ends)]
+
+    def last_rows(self) -> np.ndarray:
+        return self.ends - 1

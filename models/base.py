@@ -15,6 +15,7 @@ from gguf import quants
 from ..backend.base import Backend, CompiledStep
 from ..errors import GGUFError, UnsupportedModelError, quoted
 from ..gguf_file import GGUFFile, Tensor
+from ..kv_cache import CacheBatch
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,9 @@ class Model:
 
     # --- the forward --------------------------------------------------------------------------
     def forward(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
-        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32)."""
+        """tokens [T] appended at cache.offset -> logits [T or 1, n_vocab] (numpy float32). cache
+        may be a CacheBatch: rows of several sequences, each over its own cache (the server's
+        continuous batching)."""
         if self.compiled_step is not None:
             logits = self.compiled_step(tokens, cache, all_logits)
             if logits is not None:     # None: the step does not take this call (e.g. this cache)
@@ -270,16 +273,38 @@ class Model:
     def forward_ops(self, tokens: np.ndarray, cache: Any, all_logits: bool = False) -> np.ndarray:
         """The forward written op by op (the readable one; compiled steps must equal it)."""
         ops, c = self.ops, self.cfg
-        pos = cache.offset + np.arange(len(tokens))                               # [T]
+        pos = self.positions(cache, len(tokens))                                  # [T]
         x = ops.get_rows(self.w("token_embd"), tokens)                            # [T, dim]
         if self.BLOCK.embed_scale:
             x = ops.scale(x, math.sqrt(c.dim))
         for il, L in enumerate(self.layers):
             x = self.block(x, L, il, pos, cache)
+        return self.output(x, cache, all_logits)                                  # [T or 1, vocab]
+
+    # --- what lets one forward serve a single cache or a CacheBatch --------------------------------
+    @staticmethod
+    def positions(cache: Any, T: int) -> np.ndarray:
+        """The position of each of the T rows."""
+        return cache.positions() if isinstance(cache, CacheBatch) else cache.offset + np.arange(T)
+
+    def attend(self, q: Any, k: Any, v: Any, cache: Any, layer: int, scale: float, window: int = 0,
+               **soft: float) -> Any:
+        """ops.attention over the rows' own caches: [T, H*dv]."""
+        if not isinstance(cache, CacheBatch):
+            return self.ops.attention(q, k, v, cache, layer, cache.offset, scale, window, **soft)
+        return np.concatenate([self.ops.attention(q[a:b], k[a:b], v[a:b], c, layer, c.offset, scale, window, **soft)
+                               for a, b, c in cache.spans()])
+
+    def output(self, x: Any, cache: Any, all_logits: bool) -> np.ndarray:
+        """Final norm and head: logits of the last row (of each CacheBatch segment) or of every
+        row; the normalised hidden states instead for a CacheBatch with `hidden` set."""
+        ops = self.ops
         if not all_logits:
-            x = x[-1:]
-        x = ops.rms_norm(x, self.w("output_norm"), c.norm_eps)
-        logits = ops.matmul(x, self.output_weight())                              # [T or 1, vocab]
+            x = x[cache.last_rows()] if isinstance(cache, CacheBatch) else x[-1:]
+        x = ops.rms_norm(x, self.w("output_norm"), self.cfg.norm_eps)
+        if isinstance(cache, CacheBatch) and cache.hidden:
+            return ops.to_numpy(x)
+        logits = ops.matmul(x, self.output_weight())                              # [rows, vocab]
         if self.final_softcap:
             logits = ops.softcap(logits, self.final_softcap)
         return ops.to_numpy(logits)
@@ -305,7 +330,7 @@ class Model:
         q = ops.rope(q, pos, c.n_rot, r.base, b.rope_neox, r.freq_scale, **extra)
         k = ops.rope(k, pos, c.n_rot, r.base, b.rope_neox, r.freq_scale, **extra)
         soft = {"softcap": self.attn_softcap} if self.attn_softcap else {}
-        o = ops.attention(q, k, v, cache, il, int(pos[0]), self.attn_scale(), self.window(il), **soft)  # [T, H*dv]
+        o = self.attend(q, k, v, cache, il, self.attn_scale(), self.window(il), **soft)  # [T, H*dv]
         o = self._proj(o, L, "attn_output")                                            # [T, dim]
         if b.post_norms:
             o = ops.rms_norm(o, L.post_attention_norm, c.norm_eps)

@@ -137,7 +137,8 @@ class NumbaBackend(NumpyBackend):
             cos, sin = self._rope_tables[key] = rope.cos_sin(np.arange(n), n_rot, base,
                                                              freq_scale, factors, mscale)   # [n, n_rot/2]
         p0 = int(pos[0])
-        if len(pos) == end - p0:                       # consecutive positions (every forward): views
+        # consecutive positions (every forward of one sequence): views; a CacheBatch's are not
+        if len(pos) == end - p0 and (len(pos) == 1 or bool(np.all(np.diff(pos) == 1))):
             return cos[p0:end], sin[p0:end]
         return cos[pos], sin[pos]
 

@@ -21,7 +21,10 @@ from support import REFERENCE, llama_cpp_models
 
 # llama.cpp's tokenizer test vectors (test-tokenizer-0), from its sdist: models/ggml-vocab-NAME.gguf
 # with NAME.gguf.inp / .out
-VOCABS = ["deepseek-coder", "falcon", "gpt-2", "llama-bpe", "llama-spm", "qwen2", "starcoder"]
+VOCABS = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe", "llama-spm", "mpt", "phi-3",
+          "qwen2", "qwen35", "refact", "starcoder"]
+# the vocabularies with test vectors whose tokenizer model is not BPE or SentencePiece: refused, named
+REFUSED_VOCABS = {"bert-bge": "'bert'", "gemma-4": "'gemma4'"}
 BPE_VOCABS = [v for v in VOCABS if v != "llama-spm"]
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -58,6 +61,12 @@ def read_vectors(name: str) -> list[tuple[str, list[int]]]:
         lines.pop()
     assert len(inputs) == len(lines), f"{name}: {len(inputs)} inputs, {len(lines)} outputs"
     return [(text, [int(t) for t in line.split()]) for text, line in zip(inputs, lines)]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_VOCABS))
+def test_llama_cpp_vocab_of_another_tokenizer_model_is_refused(name: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=f"unsupported tokenizer model {REFUSED_VOCABS[name]}"):
+        vocab_tokenizer(name)
 
 
 @pytest.mark.parametrize("name", VOCABS)

@@ -273,21 +273,22 @@ class LLM:
         that JSON can encode)."""
         _check_path("path", path)
         with self._lock:
-            self._need_model()
-            cache = self._sequence().cache   # as it is: no stream is parked
-            if not cache.can_snapshot:
-                raise LocalLLMError(f"backend {self.backend.name} cannot save sessions (its KV cache stays on the device)")
-            state = cache.snapshot()   # what the cache holds now
+            state = self._session_cache("save").snapshot()   # what the cache holds now
         save_session(path, state, model_fingerprint(self.gguf, self.model.cfg), {} if extra is None else extra)
+
+    def _session_cache(self, verb: str):
+        """The cache a session is saved from or loaded into, as it is (no stream is parked)."""
+        self._need_model()
+        cache = self._sequence().cache
+        if not cache.can_snapshot:
+            raise LocalLLMError(f"backend {self.backend.name} cannot {verb} sessions (its KV cache stays on the device)")
+        return cache
 
     def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore a state saved by `save_state` with this model; returns its `extra`."""
         _check_path("path", path)
         with self._lock:
-            self._need_model()
-            cache = self._sequence().cache   # as it is: no stream is parked
-            if not cache.can_snapshot:
-                raise LocalLLMError(f"backend {self.backend.name} cannot load sessions (its KV cache stays on the device)")
+            cache = self._session_cache("load")
             layout = {name: (a.dtype, a.shape) for name, a in cache.arrays.items()}
         # outside the lock: reading and checking a file may take a while
         state, extra = load_session(path, model_fingerprint(self.gguf, self.model.cfg), layout, self.n_ctx,

@@ -71,7 +71,18 @@ class LLM:
         return self.tokenizer.encode(text, add_bos=add_bos, special=special)
 
     def detokenize(self, ids: list[int], special: bool = True) -> str:
-        return self.tokenizer.decode(ids, special=special)
+        return self.tokenizer.decode(self._check_ids(ids), special=special)
+
+    def _check_ids(self, ids: Any) -> list[int]:
+        """Caller's token ids as ints within the vocabulary: the kernels index tables with them."""
+        out = []
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise LocalLLMError(f"token ids must be integers, not {type(i).__name__}")
+            if not 0 <= i < self.n_vocab:
+                raise LocalLLMError(f"token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
+            out.append(int(i))
+        return out
 
     # --- scoring ----------------------------------------------------------------------------
     def _need_model(self) -> None:
@@ -93,7 +104,7 @@ class LLM:
         with self._lock:
             seq = self._sequence()
             seq.cache.trim(0)
-            return seq.eval_prompt(list(ids), Stats(), all_logits=True)
+            return seq.eval_prompt(self._check_ids(ids), Stats(), all_logits=True)
 
     def reset(self) -> None:
         """Forget the cached conversation."""
@@ -110,7 +121,7 @@ class LLM:
         with special tokens parsed; token ids are used as given. max_tokens < 0: until the context
         is full. Never splits a UTF-8 character; `last_stats` is set when the iterator ends."""
         self._need_model()
-        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else self._check_ids(prompt)
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return self._stream(ids, params, max_tokens, stops)
@@ -311,6 +322,37 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
     return llm
 
 
+def _env_kv_budget() -> int:
+    raw = os.environ.get("LOCALLLM_KV_BUDGET", str(DEFAULT_KV_BUDGET))
+    try:
+        budget = int(raw)
+    except ValueError:
+        budget = 0
+    if budget <= 0:
+        raise LocalLLMError(f"LOCALLLM_KV_BUDGET must be a positive number of bytes, not {raw[:32]!r}")
+    return budget
+
+
+def _available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_kv_fits(cfg, n_ctx: int) -> None:
+    """Refuse, before allocating, a KV cache larger than the memory available."""
+    need, avail = kv_bytes_per_token(cfg) * n_ctx, _available_memory()
+    if avail is not None and need > avail:
+        raise LocalLLMError(f"the KV cache for n_ctx={n_ctx} needs {need / 2**30:.1f} GiB, more than the "
+                            f"{avail / 2**30:.1f} GiB of memory available (use a smaller n_ctx)")
+
+
 def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes,
               device=None) -> LLM:
     from .catalog import resolve_model
@@ -325,9 +367,10 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
     cfg = cls.config(gguf.metadata)
     be = get_backend(backend, threads=threads, device=device)
     model = cls(gguf, cfg, be)
-    budget = kv_budget if kv_budget is not None else int(os.environ.get("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET))
+    budget = kv_budget if kv_budget is not None else _env_kv_budget()
     if n_ctx is not None and n_ctx <= 0:
         raise LocalLLMError(f"n_ctx must be positive, got {n_ctx}")
     ctx = n_ctx if n_ctx is not None else default_n_ctx(cfg, budget)
+    _check_kv_fits(cfg, ctx)
     log.info("loaded %s (%s, %d layers) on %s, n_ctx=%d", path.name, arch, cfg.n_layers, be.name, ctx)
     return LLM(gguf, tokenizer, model, be, ctx, budget, chat_template, prefix_cache_bytes)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, LocalLLMError
 from .sampler import Sampler
 
 PREFILL_CHUNK = 512  # tokens per forward during prefill: bounds the attention scratch memory
@@ -53,6 +53,10 @@ class Sequence:
             raise ContextOverflowError("empty prompt: nothing to evaluate")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx}")
+        n_vocab = self.model.cfg.n_vocab
+        if min(ids) < 0 or max(ids) >= n_vocab:  # the kernels index the embedding table with them
+            bad = next(i for i in ids if not 0 <= i < n_vocab)
+            raise LocalLLMError(f"token id {bad} is outside the vocabulary (0..{n_vocab - 1})")
         keep = 0 if all_logits else min(self._reuse(ids), len(ids) - 1)
         self.cache.trim(keep)
         stats.prompt_tokens, stats.cached_tokens, stats.evaluated_tokens = len(ids), keep, len(ids) - keep

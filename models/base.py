@@ -12,7 +12,7 @@ from gguf import quants
 
 from ..backend.base import Backend
 from ..errors import GGUFError, UnsupportedModelError
-from ..gguf_file import GGUFFile, Tensor
+from ..gguf_file import GGUFFile, Tensor, shown
 
 
 @dataclass
@@ -33,7 +33,15 @@ class ModelConfig:
     norm_eps: float
 
 
-def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+# Upper bounds on hyperparameters, far above any released model, checked before anything is sized
+# by them; the tensor shapes then pin every count exactly (Model._check_shape).
+MAX_DIM = 1 << 20          # embedding, feed-forward and head widths
+MAX_COUNT = 1 << 14        # layers and heads
+MAX_TOKENS = 1 << 31       # vocabulary and trained context
+
+
+def meta_int(meta: dict[str, Any], key: str, default: int | None = None, lo: int = 1, hi: int = MAX_DIM) -> int:
+    """An integer key within [lo, hi] (the GGUF value kind is checked at load, gguf_file.check_metadata)."""
     value = meta.get(key, default)
     if value is None:
         raise GGUFError(f"missing metadata key {key}")
@@ -41,39 +49,78 @@ def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
         if value.size == 0 or np.any(value != value.flat[0]):
             raise UnsupportedModelError(f"per-layer values for {key} are not supported")
         value = value.flat[0]
-    return int(value)
+    value = int(value)
+    if not lo <= value <= hi:
+        raise GGUFError(f"metadata {key} = {value} is out of range (expected {lo} to {hi})")
+    return value
+
+
+def meta_float(meta: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = float(meta.get(key, default))
+    if not lo <= value <= hi:
+        raise GGUFError(f"metadata {key} = {value} is out of range (expected {lo:g} to {hi:g})")
+    return value
+
+
+def _rope_dims(meta: dict[str, Any], key: str, head_k: int) -> int:
+    """Rotated dims come in pairs and lie within a head."""
+    n_rot = meta_int(meta, key, head_k, lo=0, hi=head_k)
+    if n_rot % 2:
+        raise GGUFError(f"metadata {key} = {n_rot} is odd (rotary dimensions come in pairs)")
+    return n_rot
 
 
 def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer_norm_rms_epsilon") -> ModelConfig:
     """Common `<arch>.*` keys with llama.cpp's defaults (llama-model.cpp, load_hparams)."""
     k = lambda name: f"{arch}.{name}"  # noqa: E731
-    dim = _int(meta, k("embedding_length"))
-    n_heads = _int(meta, k("attention.head_count"))
-    if n_heads <= 0 or dim <= 0:
-        raise GGUFError(f"invalid shape in metadata: embedding_length={dim}, head_count={n_heads}")
-    head_k = _int(meta, k("attention.key_length"), dim // n_heads)
+    dim = meta_int(meta, k("embedding_length"))
+    n_heads = meta_int(meta, k("attention.head_count"), hi=MAX_COUNT)
+    head_k = meta_int(meta, k("attention.key_length"), max(dim // n_heads, 1))
+    n_kv_heads = meta_int(meta, k("attention.head_count_kv"), n_heads, hi=n_heads)
+    if n_heads % n_kv_heads:
+        raise GGUFError(f"metadata {k('attention.head_count')} = {n_heads} is not a multiple of "
+                        f"{k('attention.head_count_kv')} = {n_kv_heads}")
     tokens = meta.get("tokenizer.ggml.tokens")
     scaling = meta.get(k("rope.scaling.type"), "none")
-    factor = float(meta.get(k("rope.scaling.factor"), 0.0) or 0.0)
+    factor = meta_float(meta, k("rope.scaling.factor"), 0.0, 0.0, 1e6)
     freq_scale = 1.0 / factor if scaling == "linear" and factor > 0 else 1.0
     if scaling not in ("none", "linear"):
-        raise UnsupportedModelError(f"rope scaling type {scaling!r} is not supported yet")
+        raise UnsupportedModelError(f"rope scaling type {shown(scaling)} is not supported yet")
+    n_vocab = meta_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None, hi=MAX_TOKENS)
+    if tokens is not None and n_vocab != len(tokens):
+        raise GGUFError(f"metadata {k('vocab_size')} = {n_vocab} but tokenizer.ggml.tokens holds {len(tokens)}")
     return ModelConfig(
         arch=arch,
-        n_vocab=_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None),
-        n_ctx_train=_int(meta, k("context_length"), 2048),
+        n_vocab=n_vocab,
+        n_ctx_train=meta_int(meta, k("context_length"), 2048, hi=MAX_TOKENS),
         dim=dim,
-        n_layers=_int(meta, k("block_count")),
+        n_layers=meta_int(meta, k("block_count"), hi=MAX_COUNT),
         n_heads=n_heads,
-        n_kv_heads=_int(meta, k("attention.head_count_kv"), n_heads),
+        n_kv_heads=n_kv_heads,
         head_dim_k=head_k,
-        head_dim_v=_int(meta, k("attention.value_length"), dim // n_heads),
-        ffn_dim=_int(meta, k("feed_forward_length")),
-        n_rot=_int(meta, k("rope.dimension_count"), head_k),
-        rope_base=float(meta.get(k("rope.freq_base"), 10000.0)),
+        head_dim_v=meta_int(meta, k("attention.value_length"), max(dim // n_heads, 1)),
+        ffn_dim=meta_int(meta, k("feed_forward_length")),
+        n_rot=_rope_dims(meta, k("rope.dimension_count"), head_k),
+        rope_base=meta_float(meta, k("rope.freq_base"), 10000.0, 1e-6, 1e30),
         rope_freq_scale=freq_scale,
-        norm_eps=float(meta.get(k(eps_key), 1e-5)),
+        norm_eps=meta_float(meta, k(eps_key), 1e-5, 0.0, 1.0),
     )
+
+
+def expected_shape(name: str, c: ModelConfig) -> tuple[int, ...] | None:
+    """The numpy-order shape a tensor of the llama family must have (None: not one we check)."""
+    short = name.split(".", 2)[2] if name.startswith("blk.") else name
+    short = short.removesuffix(".weight")
+    q, kv_k, kv_v = c.n_heads * c.head_dim_k, c.n_kv_heads * c.head_dim_k, c.n_kv_heads * c.head_dim_v
+    shapes = {
+        "token_embd": (c.n_vocab, c.dim), "output": (c.n_vocab, c.dim), "output_norm": (c.dim,),
+        "attn_norm": (c.dim,), "ffn_norm": (c.dim,), "post_attention_norm": (c.dim,), "post_ffw_norm": (c.dim,),
+        "attn_q_norm": (c.head_dim_k,), "attn_k_norm": (c.head_dim_k,),
+        "attn_q": (q, c.dim), "attn_k": (kv_k, c.dim), "attn_v": (kv_v, c.dim),
+        "attn_output": (c.dim, c.n_heads * c.head_dim_v),
+        "ffn_gate": (c.ffn_dim, c.dim), "ffn_up": (c.ffn_dim, c.dim), "ffn_down": (c.dim, c.ffn_dim),
+    }
+    return shapes.get(short)
 
 
 class Model:
@@ -88,6 +135,9 @@ class Model:
     def __init__(self, gguf: GGUFFile, cfg: ModelConfig, backend: Backend) -> None:
         self.cfg, self.ops = cfg, backend
         self.weights: dict[str, Any] = {}
+        if cfg.n_layers * len(self.LAYER_TENSORS) > len(gguf.tensors):
+            raise GGUFError(f"{gguf.path}: block_count {cfg.n_layers} needs more tensors than the file's "
+                            f"{len(gguf.tensors)}")
         names = list(self.GLOBAL_TENSORS) + [n.format(i) for i in range(cfg.n_layers) for n in self.LAYER_TENSORS]
         for name in names:
             tensor = gguf.tensors.get(name)
@@ -95,6 +145,10 @@ class Model:
                 if name in self.OPTIONAL:
                     continue
                 raise GGUFError(f"{gguf.path}: missing tensor {name!r} required by architecture {cfg.arch}")
+            want = expected_shape(name, cfg)
+            if want is not None and tensor.shape != want:
+                raise GGUFError(f"{gguf.path}: tensor {name!r} has shape {shown(tensor.shape)}, expected {want} "
+                                f"from the metadata")
             reason = backend.decline_reason(tensor)
             if reason:
                 raise UnsupportedModelError(f"{name}: {reason}")

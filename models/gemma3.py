@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .base import Model, ModelConfig, read_config
+from .base import MAX_COUNT, MAX_TOKENS, Model, ModelConfig, meta_float, meta_int, read_config
 
 ARCH = "gemma3"
 SWA_PATTERN = 6           # llama.cpp: set_swa_pattern(6): every 6th layer is global
@@ -30,9 +30,9 @@ class Gemma3(Model):
     def __init__(self, gguf, cfg, backend) -> None:
         super().__init__(gguf, cfg, backend)
         meta = gguf.metadata
-        self.window = int(meta.get(f"{ARCH}.attention.sliding_window", 0))
-        self.rope_base_swa = float(meta.get(f"{ARCH}.rope.freq_base_swa", ROPE_BASE_SWA))
-        pattern = int(meta.get(f"{ARCH}.attention.sliding_window_pattern", SWA_PATTERN))
+        self.window = meta_int(meta, f"{ARCH}.attention.sliding_window", 0, lo=0, hi=MAX_TOKENS)
+        self.rope_base_swa = meta_float(meta, f"{ARCH}.rope.freq_base_swa", ROPE_BASE_SWA, 1e-6, 1e30)
+        pattern = meta_int(meta, f"{ARCH}.attention.sliding_window_pattern", SWA_PATTERN, lo=0, hi=MAX_COUNT)
         self.is_swa = [pattern == 0 or il % pattern < pattern - 1 for il in range(cfg.n_layers)]
         # 27B scales queries by 1/sqrt(dim/heads); the other sizes by 1/sqrt(head_dim)
         self.q_scale = 1.0 / math.sqrt(cfg.head_dim_k)

@@ -86,3 +86,134 @@ def test_bad_arguments_are_one_line(good):
         localllm.load(good, backend="quantum")
     with pytest.raises(localllm.LocalLLMError, match="n_ctx must be positive"):
         localllm.load(good, n_ctx=0)
+
+
+# --- hostile metadata and tensor tables (issue 15's reproducers), built with bench/fuzz_gguf.py's codec
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+import fuzz_gguf as fz  # noqa: E402
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(scope="module")
+def good_doc(good) -> "fz.Doc":
+    return fz.parse(good.read_bytes())
+
+
+def _n_vocab(doc) -> int:
+    return len(next(v for k, _, v in doc.kv if k == "tokenizer.ggml.tokens")[1])
+
+
+def _dims(doc, name: str) -> list[int]:
+    return next(t[1] for t in doc.tensors if t[0] == name)
+
+
+HOSTILE_KV = {  # key -> (GGUF type, value, text the error must contain)
+    "alignment-string": ("general.alignment", fz.STRING, "32", "general.alignment is str"),
+    "alignment-nan": ("general.alignment", fz.F32, NAN, "general.alignment is float"),
+    "alignment-inf": ("general.alignment", fz.F64, INF, "general.alignment is float"),
+    "alignment-array": ("general.alignment", fz.ARRAY, (fz.U32, [32]), "general.alignment is an array"),
+    "alignment-not-power-of-2": ("general.alignment", fz.U32, 48, "general.alignment 48"),
+    "bos-string": ("tokenizer.ggml.bos_token_id", fz.STRING, "1", "bos_token_id is str"),
+    "bos-inf": ("tokenizer.ggml.bos_token_id", fz.F32, INF, "bos_token_id is float"),
+    "eos-array": ("tokenizer.ggml.eos_token_id", fz.ARRAY, (fz.U32, [1, 2]), "eos_token_id is an array"),
+    "tokens-ints": ("tokenizer.ggml.tokens", fz.ARRAY, (fz.I32, [1, 2, 3]), "tokens is an array of int32"),
+    "scores-string": ("tokenizer.ggml.scores", fz.STRING, "0.5", "scores is str"),
+    "token-type-scalar": ("tokenizer.ggml.token_type", fz.I32, 1, "token_type is int"),
+    "merges-scalar": ("tokenizer.ggml.merges", fz.U32, 7, "merges is int"),
+    "merges-nested": ("tokenizer.ggml.merges", fz.ARRAY, (fz.ARRAY, [(fz.STRING, ["a b"])]), "merges is an array of arrays"),
+    "pre-array": ("tokenizer.ggml.pre", fz.ARRAY, (fz.STRING, ["gpt2"]), "pre is an array of strings"),
+    "model-array": ("tokenizer.ggml.model", fz.ARRAY, (fz.STRING, ["gpt2"]), "model is an array of strings"),
+    "nested-2000": ("general.deep", fz.ARRAY, fz.nested(2000), "'general.deep' nests arrays deeper than"),
+    "block-count-huge": ("llama.block_count", fz.U32, 2**32 - 1, "llama.block_count = 4294967295 is out of range"),
+    "head-count-kv-huge": ("llama.attention.head_count_kv", fz.U32, 2**31, "head_count_kv = 2147483648 is out of range"),
+    "rope-dims-huge": ("llama.rope.dimension_count", fz.U64, 2**40, "rope.dimension_count = 1099511627776 is out of range"),
+    "key-length-negative": ("llama.attention.key_length", fz.I32, -16, "key_length = -16 is out of range"),
+    "embedding-length-mismatch": ("llama.embedding_length", fz.U32, 96, "has shape"),
+    "ffn-length-string": ("llama.feed_forward_length", fz.STRING, "128", "feed_forward_length is str"),
+    "context-length-inf": ("llama.context_length", fz.F32, INF, "context_length is float"),
+    "freq-base-string": ("llama.rope.freq_base", fz.STRING, "1e4", "freq_base is str"),
+    "freq-base-nan": ("llama.rope.freq_base", fz.F32, NAN, "freq_base is float"),
+    "vocab-size-mismatch": ("llama.vocab_size", fz.U32, 7, "vocab_size = 7 but tokenizer.ggml.tokens holds"),
+}
+
+
+def _assert_one_line_refusal(path: Path, needle: str) -> None:
+    with pytest.raises(localllm.LocalLLMError) as e:
+        localllm.load(path, backend="numpy")
+    message = str(e.value)
+    assert needle in message and "\n" not in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_KV))
+def test_hostile_metadata_is_one_line_error(good_doc, tmp_path, case):
+    key, vtype, value, needle = HOSTILE_KV[case]
+    path = tmp_path / f"{case}.gguf"
+    path.write_bytes(fz.serialize(fz.with_kv(good_doc, key, vtype, value)))
+    _assert_one_line_refusal(path, needle)
+
+
+def _tensor_cases(doc) -> dict[str, tuple["fz.Doc", str]]:
+    n_vocab, emb = _n_vocab(doc), _dims(doc, "token_embd.weight")
+    return {
+        "dims-wrap-2": (fz.with_tensor(doc, "blk.0.ffn_up.weight", dims=[32, 2**64 - 1]), "past the end"),
+        "dims-wrap-3": (fz.with_tensor(doc, "blk.0.ffn_up.weight", dims=[32, 3, 2**62 + 1]), "past the end"),
+        "attn-q-1d": (fz.with_tensor(doc, "blk.0.attn_q.weight", dims=[64]), "'blk.0.attn_q.weight' has shape (64,)"),
+        "norm-2d": (fz.with_tensor(doc, "blk.0.attn_norm.weight", dims=[32, 2]), "'blk.0.attn_norm.weight' has shape (2, 32)"),
+        "embedding-short": (fz.with_tensor(doc, "token_embd.weight", dims=[emb[0], n_vocab - 1]),
+                            f"'token_embd.weight' has shape ({n_vocab - 1}, 64)"),
+        "long-name": (fz.with_tensor(fz.with_tensor(doc, "blk.0.ffn_up.weight", dims=[1, 1, 1, 1, 1]), "blk.0.ffn_up.weight"),
+                      "has 5 dimensions"),
+    }
+
+
+@pytest.mark.parametrize("case", ["dims-wrap-2", "dims-wrap-3", "attn-q-1d", "norm-2d", "embedding-short", "long-name"])
+def test_hostile_tensor_table_is_one_line_error(good_doc, tmp_path, case):
+    doc, needle = _tensor_cases(good_doc)[case]
+    if case == "long-name":  # a 100 kB tensor name is cut in the message
+        doc.tensors = [["x" * 100_000 if t[0] == "blk.0.ffn_up.weight" else t[0]] + t[1:] for t in doc.tensors]
+    path = tmp_path / f"{case}.gguf"
+    path.write_bytes(fz.serialize(doc))
+    _assert_one_line_refusal(path, needle)
+
+
+def test_byte_token_must_name_its_byte(good_doc, tmp_path):
+    types = list(next(v for k, _, v in good_doc.kv if k == "tokenizer.ggml.token_type")[1])
+    types[100] = 6  # BYTE, on an ordinary token
+    path = tmp_path / "byte.gguf"
+    path.write_bytes(fz.serialize(fz.with_kv(good_doc, "tokenizer.ggml.token_type", fz.ARRAY, (fz.I32, types))))
+    _assert_one_line_refusal(path, "token 100 is typed BYTE")
+
+
+# --- token ids at the public entries, on every backend
+
+def _backends() -> list[str]:
+    names = ["numpy", "cpu"]
+    try:
+        from localllm.backend.opencl import list_devices
+        if list_devices():
+            names.append("opencl")
+    except Exception:  # noqa: BLE001 - no pyopencl or no platform: the opencl case is left out
+        pass
+    return names
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_out_of_vocabulary_ids_are_refused(good, backend):
+    llm = localllm.load(good, backend=backend, n_ctx=32)
+    n = llm.n_vocab
+    for bad in ([n], [-1], [1, 2, n + 10**6], [True], [1.5]):
+        with pytest.raises(localllm.LocalLLMError, match="token id|integers"):
+            llm.logits(bad)
+        with pytest.raises(localllm.LocalLLMError, match="token id|integers"):
+            llm.generate(bad, max_tokens=1)
+    with pytest.raises(localllm.LocalLLMError, match="outside the vocabulary"):
+        llm.detokenize([10**9])
+    assert llm.logits([n - 1, 0]).shape == (2, n)  # the edges are in range
+
+
+def test_out_of_vocabulary_ids_are_refused_with_a_draft(good):
+    llm = localllm.load(good, backend="numpy", n_ctx=32, draft=good)
+    with pytest.raises(localllm.LocalLLMError, match="outside the vocabulary"):
+        list(llm.generate([llm.n_vocab], max_tokens=2))

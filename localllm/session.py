@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import LocalLLMError
 from .kv_cache import KVState
 
@@ -38,15 +39,12 @@ def save_session(path: str | os.PathLike[str], state: KVState, fingerprint: str,
     path = Path(path)
     header = {"format": FORMAT, "version": VERSION, "model": fingerprint, "n_tokens": len(state.tokens),
               "extra": extra}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                      tokens=np.asarray(state.tokens, dtype=np.int32),
                      **{f"kv_{name}": a for name, a in state.arrays.items()})
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise SessionError(f"cannot write session {path}: {e.strerror}") from None
 
 

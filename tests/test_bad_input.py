@@ -217,3 +217,89 @@ def test_out_of_vocabulary_ids_are_refused_with_a_draft(good):
     llm = localllm.load(good, backend="numpy", n_ctx=32, draft=good)
     with pytest.raises(localllm.LocalLLMError, match="outside the vocabulary"):
         list(llm.generate([llm.n_vocab], max_tokens=2))
+
+
+# --- interrupted writes: kill -9 mid-write keeps the old file, and the next write sweeps the debris
+
+_HANG_ON_RENAME = """
+import os, sys, time
+import localllm
+from localllm.quantize import quantize_file
+
+def hang(*a, **k):
+    print("written", flush=True)
+    time.sleep(600)
+
+src, dst, what = sys.argv[1:4]
+if what == "session":
+    llm = localllm.load(src, backend="numpy", n_ctx=32)
+    llm.logits([1, 2, 3, 4, 5])
+    os.replace = hang
+    llm.save_state(dst)
+else:
+    os.replace = hang
+    quantize_file(src, dst, "Q8_0", progress=False)
+"""
+
+
+def _kill_mid_write(src: Path, dst: Path, what: str) -> None:
+    """Run a writer that stops after writing its temporary file, before the rename; kill -9 it there."""
+    p = subprocess.Popen([sys.executable, "-c", _HANG_ON_RENAME, str(src), str(dst), what],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "written"
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+    assert p.returncode == -9
+
+
+def _debris(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+def test_kill_during_save_state_keeps_the_old_file_and_next_save_cleans(good, tmp_path):
+    llm = localllm.load(good, backend="numpy", n_ctx=32)
+    llm.logits([1, 2, 3])
+    session = tmp_path / "chat.session"
+    llm.save_state(session, extra={"turn": 1})
+    before = session.read_bytes()
+    _kill_mid_write(good, session, "session")
+    assert _debris(tmp_path) != [] and session.read_bytes() == before
+    assert llm.load_state(session) == {"turn": 1}
+    llm.save_state(session, extra={"turn": 2})
+    assert _debris(tmp_path) == [] and llm.load_state(session) == {"turn": 2}
+
+
+def test_kill_during_quantize_keeps_the_old_file_and_next_run_cleans(good, tmp_path):
+    from localllm.quantize import quantize_file
+    out = tmp_path / "q8.gguf"
+    out.write_bytes(b"previous")
+    _kill_mid_write(good, out, "quantize")
+    assert _debris(tmp_path) != [] and out.read_bytes() == b"previous"
+    quantize_file(good, out, "Q8_0", progress=False)
+    assert _debris(tmp_path) == [] and localllm.load(out, backend="numpy", vocab_only=True).n_vocab > 0
+
+
+def test_failed_write_leaves_no_temporary_file(good, tmp_path, monkeypatch):
+    llm = localllm.load(good, backend="numpy", n_ctx=32)
+    llm.logits([1, 2, 3])
+    monkeypatch.setattr("numpy.savez", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        llm.save_state(tmp_path / "s.session")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_live_writers_temporary_files_are_kept(tmp_path):
+    from localllm.atomic import remove_stale
+    dst = tmp_path / "x.bin"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".x.bin.tmp-{live.pid}").write_bytes(b"in progress")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (tmp_path / f".x.bin.tmp-{dead.stdout.strip()}").write_bytes(b"debris")
+        assert [p.name for p in remove_stale(dst)] == [f".x.bin.tmp-{dead.stdout.strip()}"]
+        assert _debris(tmp_path) == [f".x.bin.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()

@@ -371,7 +371,9 @@ def fuzz(cases: int, seed: int, workers: int = 1, backend: str = "numpy", report
     """Run `cases` mutants (split over `workers` forked processes); returns counts and failures."""
     import localllm  # noqa: F401 - imported once here, inherited by every forked case
     with tempfile.TemporaryDirectory(prefix="fuzz-gguf-") as work:
-        seed_buf = seed_file(Path(work)).read_bytes()
+        seed_path = seed_file(Path(work))
+        _exercise(str(seed_path), backend)   # warm the caches (regexes, templates, kernels) every child inherits
+        seed_buf = seed_path.read_bytes()
         seed_doc = parse(seed_buf)
         if workers <= 1:
             return _worker(0, range(cases), seed, seed_buf, seed_doc, work, backend, report_every, save_dir)

@@ -179,6 +179,8 @@ def _mutate_kv_type(rng: random.Random, doc: Doc) -> Doc:
 
 def _mutate_kv_value(rng: random.Random, doc: Doc) -> Doc:
     key, vtype, value = rng.choice(doc.kv)
+    if isinstance(value, bytes):  # a pre-encoded nesting: replace it
+        return with_kv(doc, key, *_random_value(rng))
     if vtype == ARRAY:
         etype, items = value
         items = list(items)
@@ -231,7 +233,7 @@ def _mutate_tensor(rng: random.Random, doc: Doc) -> Doc:
     name, dims, ttype, offset = rng.choice(doc.tensors)
     op = rng.randrange(6)
     if op == 0:
-        dims = list(dims)
+        dims = list(dims) or [32]
         dims[rng.randrange(len(dims))] = rng.choice(_INTS[:10] + [2**63 - 1, 2**64 - 1, 2**62 + 1, 2**32 + 1]) % 2**64
     elif op == 1:
         dims = rng.choice([[], [32], [32, 3, 2**62 + 1], [32, 2**64 - 1], [32, 2, 2, 2, 2], dims[::-1], dims[:1],
@@ -257,6 +259,7 @@ def _mutate_counts(rng: random.Random, doc: Doc) -> Doc:
     return Doc(doc.version, doc.kv, doc.tensors, doc.data, doc.alignment, counts)
 
 
+_NEED_KV = (_mutate_kv_type, _mutate_kv_value, _mutate_drop_or_dup_kv)
 STRUCT_MUTATIONS = (_mutate_kv_type, _mutate_kv_value, _mutate_nesting, _mutate_drop_or_dup_kv,
                     _mutate_known_key, _mutate_tensor, _mutate_counts)
 
@@ -272,7 +275,8 @@ def mutate(rng: random.Random, seed_buf: bytes, seed_doc: Doc) -> bytes:
     or a few flipped bytes in the header."""
     doc = seed_doc
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
-        doc = rng.choice(STRUCT_MUTATIONS)(rng, doc)
+        usable = [m for m in STRUCT_MUTATIONS if (doc.kv or m not in _NEED_KV) and (doc.tensors or m != _mutate_tensor)]
+        doc = rng.choice(usable)(rng, doc)
     buf = serialize(doc)
     r = rng.random()
     if r < 0.15:
@@ -306,7 +310,14 @@ def _exercise(path: str, backend: str) -> None:
 
 
 def _child(path: str, backend: str, mem_limit: int, err_path: str) -> None:
+    import faulthandler
+    import warnings
     from localllm.errors import LocalLLMError
+    faulthandler.disable()            # a crash is reported by the parent, not dumped by an inherited handler
+    warnings.simplefilter("ignore")   # random weights overflow float16: numpy's warnings are noise here
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
     resource.setrlimit(resource.RLIMIT_CPU, (int(TIME_LIMIT_S) + 1, int(TIME_LIMIT_S) + 2))
     code = OK
@@ -407,13 +418,20 @@ def _fan_out(cases: int, seed: int, workers: int, seed_buf: bytes, seed_doc: Doc
         out = os.path.join(work, f"worker-{w}.json")
         pid = os.fork()
         if pid == 0:
-            res = _worker(w, range(w, cases, workers), seed, seed_buf, seed_doc, work, backend, report_every, save_dir)
-            Path(out).write_text(json.dumps(res))
-            os._exit(0)
+            try:
+                res = _worker(w, range(w, cases, workers), seed, seed_buf, seed_doc, work, backend, report_every,
+                              save_dir)
+                Path(out).write_text(json.dumps(res))
+            except BaseException:  # noqa: BLE001 - reported, and the parent says the worker died
+                traceback.print_exc()
+            finally:   # never return into the parent's code (it would clean up the shared folder)
+                os._exit(0)
         pids.append((pid, out))
     total: dict[str, Any] = {"counts": {}, "failures": []}
     for pid, out in pids:
         os.waitpid(pid, 0)
+        if not os.path.exists(out):
+            raise RuntimeError(f"fuzz worker {pid} died (a bug in the fuzzer itself)")
         res = json.loads(Path(out).read_text())
         for k, v in res["counts"].items():
             total["counts"][k] = total["counts"].get(k, 0) + v

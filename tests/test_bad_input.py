@@ -303,3 +303,11 @@ def test_live_writers_temporary_files_are_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_kv_cache_beyond_available_memory_is_refused_before_allocating(good, monkeypatch):
+    with pytest.raises(localllm.LocalLLMError, match=r"KV cache for n_ctx=1000000000000 needs .* GiB, more than"):
+        localllm.load(good, backend="numpy", n_ctx=10**12)
+    monkeypatch.setenv("LOCALLLM_KV_BUDGET", "lots")
+    with pytest.raises(localllm.LocalLLMError, match="LOCALLLM_KV_BUDGET must be a positive number of bytes"):
+        localllm.load(good, backend="numpy")

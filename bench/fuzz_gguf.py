@@ -380,6 +380,8 @@ def seed_file(folder: Path) -> Path:
 def fuzz(cases: int, seed: int, workers: int = 1, backend: str = "numpy", report_every: int = 0,
          save_dir: str | None = None) -> dict[str, Any]:
     """Run `cases` mutants (split over `workers` forked processes); returns counts and failures."""
+    if backend == "cpu":  # GNU OpenMP refuses to run in a forked child; numba's workqueue layer does
+        os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     import localllm  # noqa: F401 - imported once here, inherited by every forked case
     with tempfile.TemporaryDirectory(prefix="fuzz-gguf-") as work:
         seed_path = seed_file(Path(work))

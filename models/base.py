@@ -38,6 +38,7 @@ class ModelConfig:
 MAX_DIM = 1 << 20          # embedding, feed-forward and head widths
 MAX_COUNT = 1 << 14        # layers and heads
 MAX_TOKENS = 1 << 31       # vocabulary and trained context
+MIN_EPS = 1e-38            # a norm's epsilon keeps 1/rms finite on an all-zero row
 
 
 def meta_int(meta: dict[str, Any], key: str, default: int | None = None, lo: int = 1, hi: int = MAX_DIM) -> int:
@@ -103,7 +104,7 @@ def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer
         n_rot=_rope_dims(meta, k("rope.dimension_count"), head_k),
         rope_base=meta_float(meta, k("rope.freq_base"), 10000.0, 1e-6, 1e30),
         rope_freq_scale=freq_scale,
-        norm_eps=meta_float(meta, k(eps_key), 1e-5, 0.0, 1.0),
+        norm_eps=meta_float(meta, k(eps_key), 1e-5, MIN_EPS, 1.0),
     )
 
 

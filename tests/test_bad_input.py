@@ -135,6 +135,7 @@ HOSTILE_KV = {  # key -> (GGUF type, value, text the error must contain)
     "context-length-inf": ("llama.context_length", fz.F32, INF, "context_length is float"),
     "freq-base-string": ("llama.rope.freq_base", fz.STRING, "1e4", "freq_base is str"),
     "freq-base-nan": ("llama.rope.freq_base", fz.F32, NAN, "freq_base is float"),
+    "norm-eps-zero": ("llama.attention.layer_norm_rms_epsilon", fz.F32, 0.0, "layer_norm_rms_epsilon = 0.0 is out of range"),
     "vocab-size-mismatch": ("llama.vocab_size", fz.U32, 7, "vocab_size = 7 but tokenizer.ggml.tokens holds"),
 }
 

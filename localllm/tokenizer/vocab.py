@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import GGUFError, UnsupportedModelError
+from ..gguf_file import shown
 from .pretokenizers import PRE_TOKENIZERS, PreTokenizer
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Vocab:
         model = md.get("tokenizer.ggml.model")
         if model not in ("gpt2", "llama"):
             raise UnsupportedModelError(
-                f"unsupported tokenizer model {model!r} (supported: 'gpt2' BPE, 'llama' SentencePiece)")
+                f"unsupported tokenizer model {shown(model)} (supported: 'gpt2' BPE, 'llama' SentencePiece)")
         pre_name, pre = _pre_tokenizer(md) if model == "gpt2" else ("default", None)
         tokens, token_to_id = _token_texts(md)
         vocab = cls(
@@ -227,7 +228,7 @@ def _token_texts(md: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
     if len(token_to_id) != len(tokens):
         seen: set[str] = set()
         dup = next(t for t in tokens if t in seen or seen.add(t))
-        raise UnsupportedModelError(f"duplicate token in vocabulary: {dup!r}")
+        raise UnsupportedModelError(f"duplicate token in vocabulary: {shown(dup)}")
     return tokens, token_to_id
 
 
@@ -245,8 +246,7 @@ def _check_byte_tokens(tokens: list[str], attrs: np.ndarray) -> None:
     """A BYTE-typed token renders as the byte its text names, so the text must be `<0xNN>`."""
     for i in np.flatnonzero(attrs & ATTR_BYTE):
         if not _BYTE_TEXT.fullmatch(tokens[i]):
-            text = tokens[i] if len(tokens[i]) <= 32 else tokens[i][:29] + "..."
-            raise GGUFError(f"token {i} is typed BYTE but its text {text!r} is not <0xNN>")
+            raise GGUFError(f"token {i} is typed BYTE but its text {shown(tokens[i], 40)} is not <0xNN>")
 
 
 def _scores(md: dict[str, Any], n: int) -> Optional[np.ndarray]:

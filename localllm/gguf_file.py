@@ -288,4 +288,5 @@ def check_metadata(meta: dict[str, Any], path: str) -> None:
         expected.update({f"{arch}.{key}": kind for key, kind in _ARCH_KEYS.items()})
     for key, kind in expected.items():
         if key in meta and not _is_kind(meta[key], kind):
-            raise GGUFError(f"{path}: metadata {key} is {_kind_of(meta[key])}, expected {_KIND_NAMES[kind]}")
+            name = key if len(key) <= 80 else shown(key)   # `<arch>.` keys carry the file's architecture string
+            raise GGUFError(f"{path}: metadata {name} is {_kind_of(meta[key])}, expected {_KIND_NAMES[kind]}")

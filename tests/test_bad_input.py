@@ -136,6 +136,7 @@ HOSTILE_KV = {  # key -> (GGUF type, value, text the error must contain)
     "freq-base-string": ("llama.rope.freq_base", fz.STRING, "1e4", "freq_base is str"),
     "freq-base-nan": ("llama.rope.freq_base", fz.F32, NAN, "freq_base is float"),
     "norm-eps-zero": ("llama.attention.layer_norm_rms_epsilon", fz.F32, 0.0, "layer_norm_rms_epsilon = 0.0 is out of range"),
+    "long-architecture": ("general.architecture", fz.STRING, "x" * 100_000, "unknown architecture"),
     "vocab-size-mismatch": ("llama.vocab_size", fz.U32, 7, "vocab_size = 7 but tokenizer.ggml.tokens holds"),
 }
 
@@ -312,3 +313,11 @@ def test_kv_cache_beyond_available_memory_is_refused_before_allocating(good, mon
     monkeypatch.setenv("LOCALLLM_KV_BUDGET", "lots")
     with pytest.raises(localllm.LocalLLMError, match="LOCALLLM_KV_BUDGET must be a positive number of bytes"):
         localllm.load(good, backend="numpy")
+
+
+def test_keys_named_after_a_long_architecture_are_cut(good_doc, tmp_path):
+    arch = "x" * 5000
+    doc = fz.with_kv(fz.with_kv(good_doc, "general.architecture", fz.STRING, arch), f"{arch}.vocab_size", fz.F32, -1.0)
+    path = tmp_path / "arch-key.gguf"
+    path.write_bytes(fz.serialize(doc))
+    _assert_one_line_refusal(path, "...' is float -1.0, expected an integer")

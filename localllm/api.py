@@ -99,7 +99,15 @@ class LLM:
         return self.tokenizer.encode(text, add_bos=add_bos, special=special)
 
     def detokenize(self, ids: list[int], special: bool = True) -> str:
-        return self.tokenizer.decode(validate.token_ids("ids", ids), special=special)
+        return self.tokenizer.decode(self._check_ids(ids), special=special)
+
+    def _check_ids(self, ids: Any) -> list[int]:
+        """Caller's token ids as ints within the vocabulary: the kernels index tables with them."""
+        out = validate.token_ids("ids", ids)
+        bad = next((i for i in out if not 0 <= i < self.n_vocab), None)
+        if bad is not None:
+            raise LocalLLMError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return out
 
     # --- scoring ----------------------------------------------------------------------------
     def _need_model(self) -> None:
@@ -143,7 +151,7 @@ class LLM:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """float32 [len(ids), n_vocab]: teacher-forced logits over a fresh context."""
-        ids = validate.token_ids("ids", ids)
+        ids = self._check_ids(ids)
         with self._lock:
             seq = self._take_sequence()
             seq.cache.trim(0)
@@ -165,7 +173,7 @@ class LLM:
         is full. Never splits a UTF-8 character; `last_stats` is set when the iterator ends."""
         self._need_model()
         prompt = validate.prompt(prompt)
-        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else prompt
+        ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else self._check_ids(prompt)
         params = validate.sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         return self._stream(ids, params, validate.integer("max_tokens", max_tokens), validate.stops(stop))
 

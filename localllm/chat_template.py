@@ -230,6 +230,15 @@ class _GenerationTag(jinja2.ext.Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
+class _NoTemplateFiles(jinja2.BaseLoader):
+    """`{% include %}`, `{% import %}` and `{% extends %}` name other templates: a chat template has
+    none, and a name such as '/etc/passwd' is a probe; refuse it like any other escape attempt."""
+
+    def get_source(self, environment: Any, template: str) -> NoReturn:
+        name = template if len(template) <= 40 else template[:37] + "..."
+        raise SecurityError(f"loading another template ({name!r}) is not allowed")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """transformers' chat-template environment, with every way out of the sandbox raising and
     every way to build something huge measured first."""
@@ -243,6 +252,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             lstrip_blocks=True,
             extensions=[jinja2.ext.loopcontrols, _GenerationTag],
             finalize=self._finalize,
+            loader=_NoTemplateFiles(),
         )
         self.limits = limits
         for unused in ("lipsum", "cycler", "joiner"):  # no chat template needs these toys

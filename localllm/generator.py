@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, LocalLLMError
 from .sampler import Sampler
 
 PREFILL_CHUNK = 512  # tokens per forward during prefill: bounds the attention scratch memory
@@ -53,6 +53,10 @@ class Sequence:
             raise ContextOverflowError("empty prompt: nothing to evaluate")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx}")
+        n_vocab = self.model.cfg.n_vocab
+        if min(ids) < 0 or max(ids) >= n_vocab:  # the kernels index the embedding table with them
+            bad = next(i for i in ids if not 0 <= i < n_vocab)
+            raise LocalLLMError(f"token id {bad} is outside the vocabulary (0..{n_vocab - 1})")
         keep = 0 if all_logits else min(self._reuse(ids), len(ids) - 1)
         self.cache.trim(keep)
         stats.prompt_tokens, stats.cached_tokens, stats.evaluated_tokens = len(ids), keep, len(ids) - keep
@@ -61,7 +65,7 @@ class Sequence:
         for start in range(keep, len(ids), PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]
             last = start + len(chunk) == len(ids)
-            logits = self.model.forward(np.asarray(chunk, dtype=np.int64), self.cache, all_logits=all_logits)
+            logits = self.forward(chunk, all_logits)
             self.cache.tokens.extend(chunk)
             if all_logits or last:
                 outs.append(logits)
@@ -84,9 +88,18 @@ class Sequence:
 
     def step(self, token: int) -> np.ndarray:
         """Append one token; return the next-token logits [n_vocab]."""
-        logits = self.model.forward(np.asarray([token], dtype=np.int64), self.cache)
+        logits = self.forward([token])
         self.cache.tokens.append(token)
         return logits[-1]
+
+    def forward(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
+        """The model over `tokens` at the cache's end. The compiled kernels check divisions the way
+        Python does, so a file whose weights hold NaN or inf ends here, in a clear error."""
+        try:
+            return self.model.forward(np.asarray(tokens, dtype=np.int64), self.cache, all_logits=all_logits)
+        except ZeroDivisionError:
+            raise LocalLLMError("the model computed a division by zero: its weights hold NaN or inf "
+                                "(a corrupt file?)") from None
 
 
 def generate_ids(seq: Sequence, prompt: list[int], sampler: Sampler, max_tokens: int,

@@ -8,6 +8,7 @@ offset against the file size first, so a truncated or hostile file fails with on
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -22,6 +23,9 @@ from .errors import GGUFError, quoted
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
+MAX_NESTING = 4          # arrays of arrays: real files use none (ggml's reader refuses them)
+MAX_STRINGS = 1 << 22    # strings in all arrays together (the largest vocabularies hold ~1M with merges)
+MAX_ALIGNMENT = 1 << 16
 
 # GGUF value type id -> (struct format, numpy dtype); 8 = string and 9 = array are handled apart.
 _SCALARS: dict[int, tuple[str, np.dtype]] = {
@@ -59,6 +63,7 @@ class _Cursor:
 
     def __init__(self, buf: mmap.mmap | bytes, path: str) -> None:
         self.buf, self.pos, self.size, self.path = buf, 0, len(buf), path
+        self.strings = 0  # strings read into arrays so far (MAX_STRINGS)
 
     def take(self, n: int) -> int:
         if n < 0 or self.pos + n > self.size:
@@ -79,30 +84,35 @@ class _Cursor:
         except UnicodeDecodeError:
             return bytes(self.buf[p:p + n]).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, key: str) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype][0])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
-            return self.array()
-        raise GGUFError(f"{self.path}: unknown metadata value type {vtype} at byte {self.pos}")
+            return self.array(key, 1)
+        raise GGUFError(f"{self.path}: metadata {quoted(key)} has unknown value type {vtype}")
 
-    def array(self) -> Any:
+    def array(self, key: str, depth: int) -> Any:
+        """Element counts are checked against the bytes left before anything is allocated."""
+        if depth > MAX_NESTING:
+            raise GGUFError(f"{self.path}: metadata {quoted(key)} nests arrays deeper than {MAX_NESTING}")
         etype, count = self.unpack("I"), self.unpack("Q")
+        left = self.size - self.pos
         if etype in _SCALARS:
             dt = _SCALARS[etype][1]
             p = self.take(count * dt.itemsize)
             return np.frombuffer(self.buf, dtype=dt.newbyteorder("<"), count=count, offset=p).copy()
         if etype == _STRING:
-            if count > self.size // 8:
-                raise GGUFError(f"{self.path}: corrupt GGUF string array (count {count} exceeds file)")
+            self.strings += count
+            if count > left // 8 or self.strings > MAX_STRINGS:
+                raise GGUFError(f"{self.path}: metadata {quoted(key)}: corrupt string array ({count} strings)")
             return [self.string() for _ in range(count)]
         if etype == _ARRAY:
-            if count > self.size // 12:
-                raise GGUFError(f"{self.path}: corrupt GGUF nested array (count {count} exceeds file)")
-            return [self.array() for _ in range(count)]
-        raise GGUFError(f"{self.path}: unknown array element type {etype}")
+            if count > left // 12:
+                raise GGUFError(f"{self.path}: metadata {quoted(key)}: corrupt nested array ({count} arrays)")
+            return [self.array(key, depth + 1) for _ in range(count)]
+        raise GGUFError(f"{self.path}: metadata {quoted(key)} has unknown array element type {etype}")
 
 
 class GGUFFile:
@@ -136,22 +146,29 @@ class GGUFFile:
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string()
-            self.metadata[key] = cur.value(cur.unpack("I"))
+            if key in self.metadata:
+                raise GGUFError(f"{self.path}: duplicate metadata key {quoted(key)}")
+            self.metadata[key] = cur.value(cur.unpack("I"), key)
+        check_metadata(self.metadata, self.path)
         infos = [self._tensor_info(cur) for _ in range(n_tensors)]
-        align = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-        if align <= 0 or align & (align - 1):
-            raise GGUFError(f"{self.path}: invalid general.alignment {align}")
+        align = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not 0 < align <= MAX_ALIGNMENT or align & (align - 1):
+            raise GGUFError(f"{self.path}: invalid general.alignment {align} (expected a power of two)")
         self.data_offset = -(-cur.pos // align) * align
         self._u8 = np.frombuffer(self._mmap, dtype=np.uint8)
         self.tensors: dict[str, Tensor] = {}
         for name, shape, ttype, offset in infos:
+            if name in self.tensors:
+                raise GGUFError(f"{self.path}: duplicate tensor {quoted(name)}")
+            if offset % align:
+                raise GGUFError(f"{self.path}: tensor {quoted(name)} data offset {offset} is not aligned to {align}")
             self.tensors[name] = self._view(name, shape, ttype, offset)
 
     def _tensor_info(self, cur: _Cursor) -> tuple[str, tuple[int, ...], GGMLQuantizationType, int]:
         name = cur.string()
         n_dims = cur.unpack("I")
         if not 0 < n_dims <= MAX_DIMS:
-            raise GGUFError(f"{self.path}: tensor {quoted(name)} has {n_dims} dimensions")
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} has {n_dims} dimensions (expected 1 to {MAX_DIMS})")
         ne = [cur.unpack("Q") for _ in range(n_dims)]
         raw_type = cur.unpack("I")
         offset = cur.unpack("Q")
@@ -167,12 +184,13 @@ class GGUFFile:
         block, type_size = GGML_QUANT_SIZES[ttype]
         row = shape[-1]
         if row % block or any(d <= 0 for d in shape):
-            raise GGUFError(f"{self.path}: tensor {quoted(name)} shape {shape} does not fit {ttype.name} blocks of {block}")
-        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+            raise GGUFError(f"{self.path}: tensor {quoted(name)} shape {quoted(shape)} does not fit {ttype.name} "
+                            f"blocks of {block}")
+        n_rows = math.prod(shape[:-1])   # python ints: dimensions up to 2^64-1 cannot wrap
         row_bytes = row // block * type_size
         start = self.data_offset + offset
         end = start + n_rows * row_bytes
-        if offset < 0 or end > self.file_size or n_rows * row_bytes > self.file_size:
+        if end > self.file_size:
             raise GGUFError(f"{self.path}: tensor {quoted(name)} lies past the end of the file (truncated download?)")
         data = self._u8[start:end]
         data = data.reshape(n_rows, row_bytes) if len(shape) > 1 else data
@@ -192,3 +210,77 @@ class GGUFFile:
         """Drop our references; the map closes once no tensor view is alive."""
         self.tensors = {}
         self._u8 = None  # type: ignore[assignment]
+
+
+# --- metadata schema -------------------------------------------------------------------------
+# The keys this runtime reads and the GGUF value kinds it accepts for them; `<arch>.` keys are
+# checked under the file's general.architecture. Ranges that depend on the model (counts against
+# tensors, ids against the vocabulary) are checked where the model is built (models/base.py,
+# tokenizer/vocab.py); here only what any reader of the key needs.
+_GLOBAL_KEYS = {
+    "general.architecture": "string", "general.name": "string", "general.alignment": "int",
+    "tokenizer.ggml.model": "string", "tokenizer.ggml.pre": "string", "tokenizer.ggml.tokens": "strings",
+    "tokenizer.ggml.token_type": "ints", "tokenizer.ggml.scores": "numbers", "tokenizer.ggml.merges": "strings",
+    "tokenizer.ggml.add_bos_token": "bool", "tokenizer.ggml.add_eos_token": "bool",
+    "tokenizer.ggml.add_space_prefix": "bool", "tokenizer.chat_template": "string",
+}
+_SPECIAL_IDS = ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask", "fim_pre", "fim_suf",
+                "fim_mid", "fim_pad", "fim_rep", "fim_sep", "prefix", "suffix", "middle")
+_GLOBAL_KEYS.update({f"tokenizer.ggml.{name}_token_id": "int" for name in _SPECIAL_IDS})
+_ARCH_KEYS = {
+    "vocab_size": "int", "context_length": "int", "embedding_length": "int", "block_count": "int",
+    "feed_forward_length": "int or ints", "attention.head_count": "int or ints",
+    "attention.head_count_kv": "int or ints", "attention.key_length": "int", "attention.value_length": "int",
+    "rope.dimension_count": "int", "rope.freq_base": "float", "rope.freq_base_swa": "float",
+    "rope.scaling.type": "string", "rope.scaling.factor": "float", "attention.layer_norm_rms_epsilon": "float",
+    "attention.sliding_window": "int", "attention.sliding_window_pattern": "int",
+}
+
+
+_KIND_NAMES = {"int": "an integer", "float": "a finite number", "bool": "a bool", "string": "a string",
+               "strings": "an array of strings", "ints": "an integer array", "numbers": "a numeric array",
+               "int or ints": "an integer or integer array"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_kind(v: Any, kind: str) -> bool:
+    if kind == "int":
+        return _is_int(v)
+    if kind == "float":   # integers are accepted where a float is read, as every reader converts them
+        return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "string":
+        return isinstance(v, str)
+    if kind == "strings":
+        return isinstance(v, list) and all(isinstance(s, str) for s in v)
+    if kind == "ints":
+        return isinstance(v, np.ndarray) and v.dtype.kind in "iu"
+    if kind == "numbers":
+        return isinstance(v, np.ndarray) and v.dtype.kind in "iuf"
+    if kind == "int or ints":
+        return _is_int(v) or _is_kind(v, "ints")
+    raise AssertionError(kind)
+
+
+def _kind_of(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"an array of {v.dtype}"
+    if isinstance(v, list):
+        return "an array of arrays" if v and not isinstance(v[0], str) else "an array of strings"
+    return f"{type(v).__name__} {quoted(v, 32)}"
+
+
+def check_metadata(meta: dict[str, Any], path: str) -> None:
+    """Every key the runtime reads has the kind of value it expects (GGUFError naming the key)."""
+    arch = meta.get("general.architecture")
+    expected = dict(_GLOBAL_KEYS)
+    if isinstance(arch, str):
+        expected.update({f"{arch}.{key}": kind for key, kind in _ARCH_KEYS.items()})
+    for key, kind in expected.items():
+        if key in meta and not _is_kind(meta[key], kind):
+            name = key if len(key) <= 80 else quoted(key)   # `<arch>.` keys carry the file's architecture string
+            raise GGUFError(f"{path}: metadata {name} is {_kind_of(meta[key])}, expected {_KIND_NAMES[kind]}")

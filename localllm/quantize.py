@@ -31,6 +31,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 from gguf import quants
 
+from .atomic import atomic_write
 from .errors import LocalLLMError
 from .gguf_file import GGUFFile, Tensor, _Cursor
 
@@ -312,15 +313,11 @@ def _pack_q6(q: np.ndarray) -> np.ndarray:
 
 def _write_atomically(dst: str, write) -> None:
     """Write to a temporary name beside dst and rename: an interrupted run leaves dst untouched."""
-    tmp = f"{dst}.tmp-{os.getpid()}"
     try:
-        write(tmp)
-        os.replace(tmp, dst)
+        with atomic_write(dst) as tmp:
+            write(str(tmp))
     except OSError as e:
         raise QuantizeError(f"cannot write {dst}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_kv(path: str, header_size: int) -> list[tuple[str, GGUFValueType, GGUFValueType | None, Any]]:
@@ -334,7 +331,7 @@ def _read_kv(path: str, header_size: int) -> list[tuple[str, GGUFValueType, GGUF
         key, vtype = cur.string(), GGUFValueType(cur.unpack("I"))
         is_array = vtype == GGUFValueType.ARRAY
         sub = GGUFValueType(int.from_bytes(header[cur.pos:cur.pos + 4], "little")) if is_array else None
-        value = cur.value(vtype)
+        value = cur.value(vtype, key)
         out.append((key, vtype, sub, value.tolist() if isinstance(value, np.ndarray) else value))
     return out
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import LocalLLMError, quoted
 from .kv_cache import KVState
 
@@ -47,20 +48,13 @@ def save_session(path: str | os.PathLike[str], state: KVState, fingerprint: str,
         header_bytes = json.dumps(header).encode()
     except (TypeError, ValueError, RecursionError) as e:
         raise SessionError(f"extra must be JSON-serializable: {quoted(str(e))}") from None
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, header=np.frombuffer(header_bytes, dtype=np.uint8),
                      tokens=np.asarray(state.tokens, dtype=np.int32),
                      **{f"kv_{name}": a for name, a in state.arrays.items()})
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):   # e.g. the name is too long for the temp file to exist
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise SessionError(f"cannot write session {quoted(str(path))}: {e.strerror or e}") from None
-        raise
+    except OSError as e:
+        raise SessionError(f"cannot write session {quoted(str(path))}: {e.strerror or e}") from None
 
 
 def load_session(path: str | os.PathLike[str], fingerprint: str, layout: dict[str, tuple[np.dtype, tuple[int, ...]]],

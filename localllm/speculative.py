@@ -168,7 +168,7 @@ def verify(seq: Sequence, pending: int, draft: list[int], qs: list[np.ndarray | 
     K/V for pending and the accepted drafts only."""
     base = seq.cache.offset
     batch = [pending] + draft
-    logits = seq.model.forward(np.asarray(batch, dtype=np.int64), seq.cache, all_logits=True)  # [1+k, vocab]
+    logits = seq.forward(batch, all_logits=True)  # [1+k, vocab]
     seq.cache.tokens.extend(batch)
     emitted: list[int] = []
     n_ok = 0

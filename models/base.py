@@ -47,7 +47,16 @@ class ModelConfig:
     yarn_beta_slow: float = 1.0
 
 
-def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+# Upper bounds on hyperparameters, far above any released model, checked before anything is sized
+# by them; the tensor shapes then pin every count exactly (expected_shape).
+MAX_DIM = 1 << 20          # embedding, feed-forward and head widths
+MAX_COUNT = 1 << 14        # layers and heads
+MAX_TOKENS = 1 << 31       # vocabulary and trained context
+MIN_EPS = 1e-38            # a norm's epsilon keeps 1/rms finite on an all-zero row
+
+
+def meta_int(meta: dict[str, Any], key: str, default: int | None = None, lo: int = 1, hi: int = MAX_DIM) -> int:
+    """An integer key within [lo, hi] (the GGUF value kind is checked at load, gguf_file.check_metadata)."""
     value = meta.get(key, default)
     if value is None:
         raise GGUFError(f"missing metadata key {key}")
@@ -55,46 +64,92 @@ def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
         if value.size == 0 or np.any(value != value.flat[0]):
             raise UnsupportedModelError(f"per-layer values for {key} are not supported")
         value = value.flat[0]
-    return int(value)
+    try:
+        value = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise GGUFError(f"metadata {key} is {quoted(value)}, not an integer") from None
+    if not lo <= value <= hi:
+        raise GGUFError(f"metadata {key} = {value} is out of range (expected {lo} to {hi})")
+    return value
+
+
+def meta_float(meta: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    try:
+        value = float(meta.get(key, default))
+    except (TypeError, ValueError):
+        raise GGUFError(f"metadata {key} is {quoted(meta.get(key))}, not a number") from None
+    if not lo <= value <= hi:
+        raise GGUFError(f"metadata {key} = {value} is out of range (expected {lo:g} to {hi:g})")
+    return value
+
+
+def _rope_dims(meta: dict[str, Any], key: str, head_k: int) -> int:
+    """Rotated dims come in pairs and lie within a head."""
+    n_rot = meta_int(meta, key, head_k, lo=0, hi=head_k)
+    if n_rot % 2:
+        raise GGUFError(f"metadata {key} = {n_rot} is odd (rotary dimensions come in pairs)")
+    return n_rot
 
 
 def read_config(meta: dict[str, Any], arch: str, eps_key: str = "attention.layer_norm_rms_epsilon") -> ModelConfig:
-    """Common `<arch>.*` keys with llama.cpp's defaults (llama-model.cpp, load_hparams)."""
+    """Common `<arch>.*` keys with llama.cpp's defaults (llama-model.cpp, load_hparams), each
+    within a range before anything is sized by it."""
     k = lambda name: f"{arch}.{name}"  # noqa: E731
-    dim = _int(meta, k("embedding_length"))
-    n_heads = _int(meta, k("attention.head_count"))
-    if n_heads <= 0 or dim <= 0:
-        raise GGUFError(f"invalid shape in metadata: embedding_length={dim}, head_count={n_heads}")
-    head_k = _int(meta, k("attention.key_length"), dim // n_heads)
+    dim = meta_int(meta, k("embedding_length"))
+    n_heads = meta_int(meta, k("attention.head_count"), hi=MAX_COUNT)
+    head_k = meta_int(meta, k("attention.key_length"), max(dim // n_heads, 1))
+    n_kv_heads = meta_int(meta, k("attention.head_count_kv"), n_heads, hi=n_heads)
+    if n_heads % n_kv_heads:
+        raise GGUFError(f"metadata {k('attention.head_count')} = {n_heads} is not a multiple of "
+                        f"{k('attention.head_count_kv')} = {n_kv_heads}")
     tokens = meta.get("tokenizer.ggml.tokens")
     scaling = meta.get(k("rope.scaling.type"), "linear")
     if scaling not in ROPE_SCALING_TYPES:
         raise UnsupportedModelError(f"rope scaling type {quoted(scaling)} is not supported "
                                     f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
-    factor = float(meta.get(k("rope.scaling.factor"), meta.get(k("rope.scale_linear"), 0.0)) or 0.0)
+    factor = meta_float(meta, k("rope.scaling.factor"), meta_float(meta, k("rope.scale_linear"), 0.0, 0.0, 1e6), 0.0, 1e6)
     freq_scale = 1.0 / factor if scaling != "none" and factor > 0 else 1.0
-    n_ctx_train = _int(meta, k("context_length"), 2048)
+    n_ctx_train = meta_int(meta, k("context_length"), 2048, hi=MAX_TOKENS)
+    n_vocab = meta_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None, hi=MAX_TOKENS)
+    if tokens is not None and n_vocab != len(tokens):
+        raise GGUFError(f"metadata {k('vocab_size')} = {n_vocab} but tokenizer.ggml.tokens holds {len(tokens)}")
     return ModelConfig(
         arch=arch,
-        n_vocab=_int(meta, k("vocab_size"), len(tokens) if tokens is not None else None),
+        n_vocab=n_vocab,
         n_ctx_train=n_ctx_train,
         dim=dim,
-        n_layers=_int(meta, k("block_count")),
+        n_layers=meta_int(meta, k("block_count"), hi=MAX_COUNT),
         n_heads=n_heads,
-        n_kv_heads=_int(meta, k("attention.head_count_kv"), n_heads),
+        n_kv_heads=n_kv_heads,
         head_dim_k=head_k,
-        head_dim_v=_int(meta, k("attention.value_length"), dim // n_heads),
-        ffn_dim=_int(meta, k("feed_forward_length")),
-        n_rot=_int(meta, k("rope.dimension_count"), head_k),
-        rope_base=float(meta.get(k("rope.freq_base"), 10000.0)),
+        head_dim_v=meta_int(meta, k("attention.value_length"), max(dim // n_heads, 1)),
+        ffn_dim=meta_int(meta, k("feed_forward_length")),
+        n_rot=_rope_dims(meta, k("rope.dimension_count"), head_k),
+        rope_base=meta_float(meta, k("rope.freq_base"), 10000.0, 1e-6, 1e30),
         rope_freq_scale=freq_scale,
-        norm_eps=float(meta.get(k(eps_key), 1e-5)),
+        norm_eps=meta_float(meta, k(eps_key), 1e-5, MIN_EPS, 1.0),
         rope_scaling=scaling,
-        n_ctx_orig=_int(meta, k("rope.scaling.original_context_length"), n_ctx_train),
-        rope_attn_factor=float(meta.get(k("rope.scaling.attn_factor"), 1.0)),
-        yarn_beta_fast=float(meta.get(k("rope.scaling.yarn_beta_fast"), 32.0)),
-        yarn_beta_slow=float(meta.get(k("rope.scaling.yarn_beta_slow"), 1.0)),
+        n_ctx_orig=meta_int(meta, k("rope.scaling.original_context_length"), n_ctx_train, hi=MAX_TOKENS),
+        rope_attn_factor=meta_float(meta, k("rope.scaling.attn_factor"), 1.0, 0.0, 1e6),
+        yarn_beta_fast=meta_float(meta, k("rope.scaling.yarn_beta_fast"), 32.0, -1e6, 1e6),
+        yarn_beta_slow=meta_float(meta, k("rope.scaling.yarn_beta_slow"), 1.0, -1e6, 1e6),
     )
+
+
+def expected_shape(name: str, c: ModelConfig) -> tuple[int, ...] | None:
+    """The numpy-order shape a block tensor must have (None: not one we check)."""
+    short = name.split(".", 2)[2] if name.startswith("blk.") else name
+    short = short.removesuffix(".weight")
+    q, kv_k, kv_v = c.n_heads * c.head_dim_k, c.n_kv_heads * c.head_dim_k, c.n_kv_heads * c.head_dim_v
+    shapes = {
+        "token_embd": (c.n_vocab, c.dim), "output": (c.n_vocab, c.dim), "output_norm": (c.dim,),
+        "attn_norm": (c.dim,), "ffn_norm": (c.dim,), "post_attention_norm": (c.dim,), "post_ffw_norm": (c.dim,),
+        "attn_q_norm": (c.head_dim_k,), "attn_k_norm": (c.head_dim_k,),
+        "attn_q": (q, c.dim), "attn_k": (kv_k, c.dim), "attn_v": (kv_v, c.dim),
+        "attn_output": (c.dim, c.n_heads * c.head_dim_v),
+        "ffn_gate": (c.ffn_dim, c.dim), "ffn_up": (c.ffn_dim, c.dim), "ffn_down": (c.dim, c.ffn_dim),
+    }
+    return shapes.get(short)
 
 
 @dataclass(frozen=True)
@@ -143,6 +198,9 @@ class Model:
         self.cfg, self.ops, self.meta = cfg, backend, gguf.metadata
         self.weights: dict[str, Any] = {}
         self.rope_neox = self.BLOCK.rope_neox
+        if cfg.n_layers * len(self.LAYER_TENSORS) > len(gguf.tensors):
+            raise GGUFError(f"{gguf.path}: block_count {cfg.n_layers} needs more tensors than the file's "
+                            f"{len(gguf.tensors)}")
         tensors = self._split_fused(gguf)
         names = list(self.GLOBAL_TENSORS) + [n.format(i) for i in range(cfg.n_layers) for n in self.LAYER_TENSORS]
         names += [f"blk.{i}.{p}.bias" for i in range(cfg.n_layers) for p in self.BIASES if f"blk.{i}.{p}.bias" in tensors]
@@ -152,6 +210,10 @@ class Model:
                 if name in self.OPTIONAL:
                     continue
                 raise GGUFError(f"{gguf.path}: missing tensor {quoted(name)} required by architecture {cfg.arch}")
+            want = expected_shape(name, cfg)
+            if want is not None and tensor.shape != want:
+                raise GGUFError(f"{gguf.path}: tensor {quoted(name)} has shape {quoted(tensor.shape)}, expected {want} "
+                                f"from the metadata")
             reason = backend.decline_reason(tensor)
             if reason:
                 raise UnsupportedModelError(f"{name}: {reason}")
@@ -160,15 +222,17 @@ class Model:
         self._head_tensor = tensors.get("output.weight" if "output.weight" in self.weights else "token_embd.weight")
         self._head: Any = None     # limit_output's trimmed head
         meta = self.meta
-        self.attn_softcap = float(meta.get(f"{cfg.arch}.attn_logit_softcapping", self.ATTN_SOFTCAP)) if self.ATTN_SOFTCAP else 0.0
-        self.final_softcap = float(meta.get(f"{cfg.arch}.final_logit_softcapping", self.FINAL_SOFTCAP))
+        self.attn_softcap = meta_float(meta, f"{cfg.arch}.attn_logit_softcapping", self.ATTN_SOFTCAP, 0.0, 1e6) \
+            if self.ATTN_SOFTCAP else 0.0
+        self.final_softcap = meta_float(meta, f"{cfg.arch}.final_logit_softcapping", self.FINAL_SOFTCAP, 0.0, 1e6)
         self._rope_factors = {n: _vector(gguf.tensors[n]) for n in self.ROPE_FACTOR_TENSORS if n in gguf.tensors}
         self._ropes: dict[tuple[int, int], Rope] = {}
         k = lambda name: f"{cfg.arch}.{name}"  # noqa: E731
-        self._window = int(meta.get(k("attention.sliding_window"), self.WINDOW)) if self.SWA_PATTERN else 0
+        self._window = meta_int(meta, k("attention.sliding_window"), self.WINDOW, lo=0, hi=MAX_TOKENS) \
+            if self.SWA_PATTERN else 0
         self.is_swa = swa_layers(meta.get(k("attention.sliding_window_pattern"), self.SWA_PATTERN), cfg.n_layers) \
             if self._window > 0 else [False] * cfg.n_layers
-        self._base_swa = float(meta.get(k("rope.freq_base_swa"), self.ROPE_BASE_SWA or cfg.rope_base))
+        self._base_swa = meta_float(meta, k("rope.freq_base_swa"), self.ROPE_BASE_SWA or cfg.rope_base, 1e-6, 1e30)
         self._choose_step()
 
     def _choose_step(self) -> None:

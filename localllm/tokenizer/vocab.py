@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import UnsupportedModelError, quoted
+from ..errors import GGUFError, UnsupportedModelError, quoted
 from .pretokenizers import PRE_TOKENIZERS, UNSUPPORTED_PRE_TOKENIZERS, PreTokenizer
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ ATTR_RSTRIP = 1 << 8
 # -> attribute; any other value is undefined (0), as in llama.cpp.
 _TYPE_TO_ATTR = np.array([0, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_CONTROL, ATTR_USER_DEFINED, ATTR_UNUSED,
                           ATTR_BYTE, 0], dtype=np.int32)
+
+_BYTE_TEXT = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 # Texts llama.cpp recognises when the metadata does not name the token (first found wins here;
 # llama.cpp takes whichever its hash map yields first, which only matters for vocabularies holding
@@ -99,6 +102,7 @@ class Vocab:
             add_space_prefix=bool(md.get("tokenizer.ggml.add_space_prefix", model == "llama")),
             clean_spaces=bool(pre and pre.clean_spaces), eog_ids=frozenset(),
         )
+        _check_byte_tokens(tokens, vocab.attrs)
         if model == "gpt2" and not vocab.merges and pre_name != "kimi-k2":
             raise UnsupportedModelError("BPE vocabulary without tokenizer.ggml.merges")
         vocab._read_special_ids(md)
@@ -248,6 +252,13 @@ def _token_attrs(md: dict[str, Any], n: int) -> np.ndarray:
     if len(types) < n:
         raise UnsupportedModelError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
     return _TYPE_TO_ATTR[np.where((types >= 0) & (types < 7), types, 7)]
+
+
+def _check_byte_tokens(tokens: list[str], attrs: np.ndarray) -> None:
+    """A BYTE-typed token renders as the byte its text names, so the text must be `<0xNN>`."""
+    for i in np.flatnonzero(attrs & ATTR_BYTE):
+        if not _BYTE_TEXT.fullmatch(tokens[i]):
+            raise GGUFError(f"token {i} is typed BYTE but its text {quoted(tokens[i], 40)} is not <0xNN>")
 
 
 def _scores(md: dict[str, Any], n: int) -> Optional[np.ndarray]:

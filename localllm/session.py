@@ -2,12 +2,10 @@
 one versioned .npz written atomically and validated against the model on load."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np

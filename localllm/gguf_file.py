@@ -233,13 +233,13 @@ _ARCH_KEYS = {
     "attention.head_count_kv": "int or ints", "attention.key_length": "int", "attention.value_length": "int",
     "rope.dimension_count": "int", "rope.freq_base": "float", "rope.freq_base_swa": "float",
     "rope.scaling.type": "string", "rope.scaling.factor": "float", "attention.layer_norm_rms_epsilon": "float",
-    "attention.sliding_window": "int", "attention.sliding_window_pattern": "int",
+    "attention.sliding_window": "int", "attention.sliding_window_pattern": "int or bools",
 }
 
 
 _KIND_NAMES = {"int": "an integer", "float": "a finite number", "bool": "a bool", "string": "a string",
                "strings": "an array of strings", "ints": "an integer array", "numbers": "a numeric array",
-               "int or ints": "an integer or integer array"}
+               "int or ints": "an integer or integer array", "int or bools": "an integer or bool array"}
 
 
 def _is_int(v: Any) -> bool:
@@ -263,6 +263,8 @@ def _is_kind(v: Any, kind: str) -> bool:
         return isinstance(v, np.ndarray) and v.dtype.kind in "iuf"
     if kind == "int or ints":
         return _is_int(v) or _is_kind(v, "ints")
+    if kind == "int or bools":   # gemma3 writes a period, gemma3n/gemma4 one flag per layer
+        return _is_int(v) or (isinstance(v, np.ndarray) and v.dtype == np.bool_)
     raise AssertionError(kind)
 
 

@@ -191,6 +191,11 @@ class CacheBatch:
         self.caches, self.lengths, self.hidden = caches, lengths, hidden
         self.ends = np.cumsum(lengths)
 
+    @property
+    def n_ctx(self) -> int:
+        """The context the RoPE choice sees (LongRoPE's long factors past n_ctx_orig): the slots'."""
+        return max(c.n_ctx for c in self.caches)
+
     def positions(self) -> np.ndarray:
         return np.concatenate([c.offset + np.arange(n) for c, n in zip(self.caches, self.lengths)])
 

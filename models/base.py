@@ -198,7 +198,10 @@ class Model:
         self.cfg, self.ops, self.meta = cfg, backend, gguf.metadata
         self.weights: dict[str, Any] = {}
         self.rope_neox = self.BLOCK.rope_neox
-        if cfg.n_layers * len(self.LAYER_TENSORS) > len(gguf.tensors):
+        # a cheap bound before anything loops over block_count (which a hostile file sets to 2^32);
+        # a fused attn_qkv stands for three tensors, a fused ffn_up for two
+        per_layer = len(self.LAYER_TENSORS) - 2 * self.BLOCK.fused_qkv - self.BLOCK.fused_gate_up
+        if cfg.n_layers * per_layer > len(gguf.tensors):
             raise GGUFError(f"{gguf.path}: block_count {cfg.n_layers} needs more tensors than the file's "
                             f"{len(gguf.tensors)}")
         tensors = self._split_fused(gguf)

@@ -30,8 +30,8 @@ from localllm.synthetic import quantize_q4_k, quantize_q6_k
 from support import needs_opencl
 
 WEIGHT_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K]
-MATMUL_SHAPES = [(1, 37, 96), (3, 67, 256), (4, 8, 32), (5, 45, 160), (37, 70, 288)]   # (T, n, k)
-OPENCL_EXACT = {QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F32, QT.BF16}   # the rest are held as float16
+MATMUL_SHAPES = [(1, 37, 96), (3, 67, 256), (4, 8, 32), (5, 45, 160), (37, 70, 288), (2, 19, 768), (9, 45, 768)]  # (T, n, k)
+OPENCL_EXACT = {QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F32, QT.BF16, QT.Q4_K, QT.Q6_K}   # the rest: float16
 
 
 def _opencl(variant: str):
@@ -115,7 +115,7 @@ def test_matmul(mm_be, qtype, T, n, k):
     _close(got, x @ wf.T, np.abs(x) @ np.abs(wf).T, budget)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q6_K, QT.F16, QT.F32], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q6_K, QT.F16, QT.F32], ids=lambda t: t.name)
 def test_get_rows(be, qtype):
     """Rows come back exactly as the backend holds them."""
     t = _tensor(np.random.default_rng(1).standard_normal((50, 256)).astype(np.float32), qtype)

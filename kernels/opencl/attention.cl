@@ -75,6 +75,8 @@ __kernel void NAME(WKARGS(w), WKARGS(b), WKARGS(c), \
 GEMV3_ROPE_KV(gemv3_rope_kv_q4_0_f32, W_Q4_0)
 GEMV3_ROPE_KV(gemv3_rope_kv_q4_1_f32, W_Q4_1)
 GEMV3_ROPE_KV(gemv3_rope_kv_q8_0_f32, W_Q8_0)
+GEMV3_ROPE_KV(gemv3_rope_kv_q4_k_f32, W_Q4_K)
+GEMV3_ROPE_KV(gemv3_rope_kv_q6_k_f32, W_Q6_K)
 GEMV3_ROPE_KV(gemv3_rope_kv_f16_f32, W_F16)
 GEMV3_ROPE_KV(gemv3_rope_kv_f32_f32, W_F32)
 

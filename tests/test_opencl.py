@@ -129,11 +129,11 @@ def tiny_llama(request, tmp_path_factory):
     llm.close()
 
 
-def _decode(model, prompt: list[int], steps: list[int], replay: bool) -> np.ndarray:
+def _decode(model, prompt: list[int], steps: list[int], replay: bool, kv_type: str = "f16") -> np.ndarray:
     """Logits of each step after a prefill of `prompt`, on a fresh cache."""
     be, c = model.ops, model.cfg
     be.replay = replay
-    cache = be.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    cache = be.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v, kv_type)
     model.forward(np.array(prompt), cache)
     cache.tokens.extend(prompt)
     out = []
@@ -188,12 +188,42 @@ def test_k_quant_decode_on_their_own_kernels(tmp_path):
         assert {"gemv3_rope_kv_q4_k_f32", "gemv_swiglu_q4_k_f32", "gemv_add_q4_k_f32", "gemv_norm_q6_k_f32"} <= names
     finally:
         llm.close()
+    logits = _numpy_logits(path, prompt + steps)[len(prompt):]
+    _close(want, logits, np.abs(logits).max(), 1e-4)
+
+
+def _numpy_logits(path, tokens: list[int], kv_type: str = "f16") -> np.ndarray:
+    """The numpy reference's logits at every position of `tokens` (one forward: the cache rows
+    are the same as step by step)."""
     ref = localllm.load(path, backend="numpy", n_ctx=64)
-    c = ref.model.cfg
-    logits = ref.model.forward(np.array(prompt + steps), ref.backend.new_kv_cache(c.n_layers, 64, c.n_kv_heads,
-                                                                                  c.head_dim_k, c.head_dim_v), True)
-    ref.close()
-    _close(want, logits[len(prompt):], np.abs(logits).max(), 1e-4)
+    try:
+        c = ref.model.cfg
+        cache = ref.backend.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v, kv_type)
+        return ref.model.forward(np.array(tokens), cache, all_logits=True)
+    finally:
+        ref.close()
+
+
+def test_q8_0_kv_cache_follows_the_numpy_backend(tmp_path):
+    """kv_type="q8_0" on the device, GPU kernels forced: replayed decode steps equal the op-by-op
+    ones, and the logits stay within 1e-4 of the largest of the numpy backend's with its q8_0
+    cache (the same quantized rows; float32 sums in another order)."""
+    from localllm.synthetic import make_random_gguf
+    path = make_random_gguf(tmp_path / "m.gguf", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, vocab=300,
+                            n_ctx=64, tensor_type="Q8_0")
+    prompt, steps = [1, 17, 200, 3, 99], [5, 250, 9, 42]
+    llm = localllm.load(path, backend="opencl", n_ctx=64, kv_type="q8_0")
+    try:
+        llm.backend.dev.tiled = True
+        want = _decode(llm.model, prompt, steps, replay=False, kv_type="q8_0")
+        np.testing.assert_array_equal(_decode(llm.model, prompt, steps, replay=True, kv_type="q8_0"), want)
+        assert llm.backend.replays >= len(steps) - 1
+        f16 = llm.model.ops.new_kv_cache(2, 64, 2, 32, 32)
+        assert llm.model.ops.new_kv_cache(2, 64, 2, 32, 32, "q8_0").nbytes / f16.nbytes == (1 + 2 / 32) / 2
+    finally:
+        llm.close()
+    logits = _numpy_logits(path, prompt + steps, "q8_0")[len(prompt):]
+    _close(want, logits, np.abs(logits).max(), 1e-4)
 
 
 def test_replay_survives_rollback(tiny_llama):

@@ -73,6 +73,7 @@ class DeviceArray:
 class OpenCLBackend(Backend):
     name = "opencl"
     kv_types = KV_TYPES
+    draft_shares = True   # per-model state is keyed by model and cache (the decode plans)
 
     def __init__(self, threads: int | None = None, device: str | None = None) -> None:
         ocl = cl()

@@ -26,13 +26,14 @@ from localllm.backend.numpy_ref import NumpyBackend
 from localllm.gguf_file import Tensor
 from localllm.kernels.quant import R8_TYPES
 from localllm.kv_cache import KVCache, dequantize_q8_0
-from localllm.synthetic import quantize_q4_k, quantize_q6_k
+from localllm.synthetic import quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 from support import needs_opencl
 
-WEIGHT_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q6_K]
+WEIGHT_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K]
+K_QUANTS = (QT.Q4_K, QT.Q5_K, QT.Q6_K)
 MATMUL_SHAPES = [(1, 37, 96), (3, 67, 256), (4, 8, 32), (5, 45, 160), (37, 70, 288), (2, 19, 768), (9, 45, 768)]  # (T, n, k)
-OPENCL_EXACT = {QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F32, QT.BF16, QT.Q4_K, QT.Q6_K}   # the rest: float16
+OPENCL_EXACT = {QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F32, QT.BF16, *K_QUANTS}   # the rest: float16
 
 
 def _opencl(variant: str):
@@ -81,7 +82,7 @@ def ref() -> NumpyBackend:
 
 def _tensor(w: np.ndarray, qtype: QT) -> Tensor:
     """A GGUF-like tensor of w [n, k] (or a vector [k]) encoded as qtype."""
-    data = {QT.Q4_K: quantize_q4_k, QT.Q6_K: quantize_q6_k}.get(qtype, lambda a: quantize(a, qtype))(w)
+    data = {QT.Q4_K: quantize_q4_k, QT.Q5_K: quantize_q5_k, QT.Q6_K: quantize_q6_k}.get(qtype, lambda a: quantize(a, qtype))(w)
     return Tensor("w", qtype, w.shape, np.ascontiguousarray(data).view(np.uint8).reshape(w.shape[0], -1)
                   if w.ndim == 2 else np.ascontiguousarray(data).view(np.uint8))
 
@@ -102,7 +103,7 @@ def _matmul_reference(be, t: Tensor) -> tuple[np.ndarray, float]:
 
 
 MATMUL_CASES = [(q, *shape) for q in WEIGHT_TYPES for shape in MATMUL_SHAPES
-                if q not in (QT.Q4_K, QT.Q6_K) or shape[2] % 256 == 0]   # k-quants need rows of 256
+                if q not in K_QUANTS or shape[2] % 256 == 0]   # k-quants need rows of 256
 
 
 @pytest.mark.parametrize("qtype,T,n,k", MATMUL_CASES, ids=lambda v: getattr(v, "name", str(v)))
@@ -116,7 +117,7 @@ def test_matmul(mm_be, qtype, T, n, k):
     _close(got, x @ wf.T, np.abs(x) @ np.abs(wf).T, budget)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q6_K, QT.F16, QT.F32], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0, *K_QUANTS, QT.F16, QT.F32], ids=lambda t: t.name)
 def test_get_rows(be, qtype):
     """Rows come back exactly as the backend holds them."""
     t = _tensor(np.random.default_rng(1).standard_normal((50, 256)).astype(np.float32), qtype)

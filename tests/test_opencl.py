@@ -18,7 +18,7 @@ from support import assert_close_to_llama_cpp, closeness, opencl_missing
 import localllm
 from localllm.errors import LocalLLMError
 from localllm.gguf_file import Tensor
-from localllm.synthetic import quantize_q4_k, quantize_q6_k
+from localllm.synthetic import quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 if opencl_missing():
     pytest.skip(opencl_missing(), allow_module_level=True)
@@ -29,7 +29,7 @@ from localllm.backend.opencl.weights import host_layout  # noqa: E402
 DEVICES = list_devices()
 
 KERNEL_DIR = Path(cl_device.__file__).resolve().parents[3] / "kernels" / "opencl"
-WEIGHT_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F16, QT.F32, QT.BF16, QT.Q4_K, QT.Q6_K]
+WEIGHT_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F16, QT.F32, QT.BF16, QT.Q4_K, QT.Q5_K, QT.Q6_K]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,8 @@ def _tensor(w: np.ndarray, qtype: QT, name: str = "w") -> Tensor:
     """A GGUF-like tensor of w [n, k] encoded as qtype."""
     if qtype == QT.Q4_K:
         data = quantize_q4_k(w)
+    elif qtype == QT.Q5_K:
+        data = quantize_q5_k(w)
     elif qtype == QT.Q6_K:
         data = quantize_q6_k(w)
     elif qtype == QT.F32:
@@ -102,9 +104,9 @@ def test_q5_0_becomes_q8_0_exactly():
 def test_runs_as_names_every_conversion(be):
     w = np.ones((2, 256), dtype=np.float32)
     said = {t: be.runs_as(_tensor(w, t)) for t in WEIGHT_TYPES}
-    q5_k = Tensor("w", QT.Q5_K, (2, 256), np.zeros((2, 176), dtype=np.uint8))   # no encoder: any bytes
-    assert "as is" in said[QT.Q4_0] and "lossless" in said[QT.Q5_0] and "F16 (rounded)" in be.runs_as(q5_k)
-    assert all("repacked (lossless), q" in said[t] for t in (QT.Q4_K, QT.Q6_K))
+    q5_1 = Tensor("w", QT.Q5_1, (2, 256), np.zeros((2, 192), dtype=np.uint8))   # no encoder: any bytes
+    assert "as is" in said[QT.Q4_0] and "lossless" in said[QT.Q5_0] and "F16 (rounded)" in be.runs_as(q5_1)
+    assert all("repacked (lossless), q" in said[t] for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K))
 
 
 def test_device_array_views(be):
@@ -166,26 +168,29 @@ def test_replayed_decode_equals_op_by_op(tiny_llama):
         assert not names & {"rms_norm_f32", "add_f32", "swiglu_f32", "rope_f32", "kv_store_f16"}
 
 
-def test_k_quant_decode_on_their_own_kernels(tmp_path):
-    """A Q4_K llama with a Q6_K head, GPU kernels forced: the fused decode step multiplies the
-    k-quants' own layouts (no float16 copies), replays equal the op-by-op forward, and the logits
-    stay within 1e-4 of the largest of the numpy reference's (same weights; float32 sums in
-    another order, the same float16 KV cache)."""
+@pytest.mark.parametrize("body,head", [("Q4_K", "Q6_K"), ("Q5_K", "Q5_K")])
+def test_k_quant_decode_on_their_own_kernels(tmp_path, body, head):
+    """A Q4_K llama with a Q6_K head (Q5_K with Q5_K), GPU kernels forced: the fused decode step
+    multiplies the k-quants' own layouts (no float16 copies), replays equal the op-by-op forward,
+    and the logits stay within 1e-4 of the largest of the numpy reference's (same weights;
+    float32 sums in another order, the same float16 KV cache)."""
     from localllm.synthetic import make_random_gguf
     path = make_random_gguf(tmp_path / "k.gguf", dim=256, n_layers=1, n_heads=4, n_kv_heads=2, ffn=256,
-                            vocab=300, n_ctx=64, tensor_type="Q4_K", output_type="Q6_K")
+                            vocab=300, n_ctx=64, tensor_type=body, output_type=head)
     prompt, steps = [1, 17, 200], [5, 250, 9]
     llm = localllm.load(path, backend="opencl", n_ctx=64)
     try:
         llm.backend.dev.tiled = True
-        assert {w.kind for w in llm.model.weights.values() if hasattr(w, "kind")} == {"q4_k", "q6_k"}
+        body, head = body.lower(), head.lower()
+        assert {w.kind for w in llm.model.weights.values() if hasattr(w, "kind")} == {body, head}
         want = _decode(llm.model, prompt, steps, replay=False)
         np.testing.assert_array_equal(_decode(llm.model, prompt, steps, replay=True), want)
         c = llm.model.cfg
         cache = llm.backend.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
         llm.model.forward(np.array([1]), cache)
         names = {s[1].function_name for p in llm.backend._plans[cache].values() for s in p.steps}
-        assert {"gemv3_rope_kv_q4_k_f32", "gemv_swiglu_q4_k_f32", "gemv_add_q4_k_f32", "gemv_norm_q6_k_f32"} <= names
+        assert {f"gemv3_rope_kv_{body}_f32", f"gemv_swiglu_{body}_f32", f"gemv_add_{body}_f32",
+                f"gemv_norm_{head}_f32"} <= names
     finally:
         llm.close()
     logits = _numpy_logits(path, prompt + steps)[len(prompt):]

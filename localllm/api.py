@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .models import model_class
-from .backend import get_backend
+from .backend import Backend, get_backend
 from .errors import ContextOverflowError, LocalLLMError, quoted
 from .generator import Sequence, Stats, StopStringFilter, generate_ids
 from .gguf_file import GGUFFile
@@ -382,7 +382,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
             raise LocalLLMError(f"kv_type q8_0 needs head dimensions divisible by 32 (this model: {c.head_dim_k})")
         llm.kv_type = kv_type
     if draft is not None:
-        llm.draft = _load_one(draft, backend, llm.n_ctx, threads, False, None, kv_budget, 0, device)
+        llm.draft = _load_one(draft, backend, llm.n_ctx, threads, False, None, kv_budget, 0, device,
+                              llm.backend if llm.backend.draft_shares else None)
         key = "tokenizer.ggml.tokens"
         if llm.draft.gguf.metadata.get(key) != llm.gguf.metadata.get(key):
             raise LocalLLMError(f"draft model {Path(str(draft)).name} has a different vocabulary from "
@@ -397,7 +398,8 @@ def load(path_or_name: str | os.PathLike[str], backend: str = "cpu", n_ctx: int 
 
 
 def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, kv_budget, prefix_cache_bytes,
-              device=None) -> LLM:
+              device=None, be: Backend | None = None) -> LLM:
+    """One model; on `be` when given (a draft on its target's backend), else on a new backend."""
     from .catalog import resolve_model
 
     if not isinstance(path_or_name, (str, os.PathLike)):
@@ -412,7 +414,7 @@ def _load_one(path_or_name, backend, n_ctx, threads, vocab_only, chat_template, 
         return LLM(gguf, tokenizer, chat_template=chat_template)
     cls = model_class(arch)
     cfg = cls.config(gguf.metadata)
-    be = get_backend(backend, threads=threads, device=device)
+    be = be or get_backend(backend, threads=threads, device=device)
     model = cls(gguf, cfg, be)
     budget = validate.integer("kv_budget", kv_budget, minimum=1) if kv_budget is not None \
         else validate.env_int("LOCALLLM_KV_BUDGET", DEFAULT_KV_BUDGET)

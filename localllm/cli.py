@@ -80,7 +80,7 @@ def _n_predict(ctx, param, value: int | None) -> int | None:
 @backend_option
 @click.option("--device", default=None, help="OpenCL device: index or name substring (see info --devices).")
 @click.option("--kv-type", type=click.Choice(["f16", "f32", "q8_0"]), default="f16", show_default=True,
-              help="KV cache type (the cpu backend: f16 only).")
+              help="KV cache type (the cpu backend: f16 only; opencl: f16, q8_0).")
 @click.option("--chat-template", "chat_template_file", type=click.Path(dir_okay=False), default=None,
               help="Jinja file replacing the model's chat template.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")

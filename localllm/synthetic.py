@@ -5,8 +5,8 @@ one. Weights are N(0, 0.02) (norms near 1) so activations stay sane. Every tenso
 own generator seeded by (seed, crc32(name)), so `random_weights` regenerates any tensor's float
 values exactly, and the file is written tensor by tensor: only one tensor is ever in memory.
 
-gguf-py implements quantize for F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q8_0 but not for K-quants, so Q4_K
-and Q6_K use the simple min/max quantizers below: valid blocks that dequantize close to the
+gguf-py implements quantize for F32/F16/BF16/Q4_0/Q4_1/Q5_0/Q8_0 but not for K-quants, so Q4_K,
+Q5_K and Q6_K use the simple min/max quantizers below: valid blocks that dequantize close to the
 input, though not llama.cpp's iterative reference rounding (not bit-identical to llama-quantize).
 """
 from __future__ import annotations
@@ -36,14 +36,15 @@ WEIGHT_STD = 0.02
 BIAS_STD = 0.5
 _CHUNK_ELEMS = 1 << 22  # floats generated and quantized at a time (16 MiB transient)
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 _FILE_TYPE = {
     Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16,
     Q.Q4_0: LlamaFileType.MOSTLY_Q4_0, Q.Q4_1: LlamaFileType.MOSTLY_Q4_1, Q.Q5_0: LlamaFileType.MOSTLY_Q5_0,
-    Q.Q8_0: LlamaFileType.MOSTLY_Q8_0, Q.Q4_K: LlamaFileType.MOSTLY_Q4_K_S, Q.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+    Q.Q8_0: LlamaFileType.MOSTLY_Q8_0, Q.Q4_K: LlamaFileType.MOSTLY_Q4_K_S, Q.Q5_K: LlamaFileType.MOSTLY_Q5_K_S,
+    Q.Q6_K: LlamaFileType.MOSTLY_Q6_K,
 }
 # llama-quantize keeps output.weight at 6 bits when the body is quantized more coarsely.
-_LOW_BIT = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q4_K)
+_LOW_BIT = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q4_K, Q.Q5_K)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -237,6 +238,8 @@ def _encode_tensor(name: str, shape: tuple[int, ...], ttype: GGMLQuantizationTyp
 def _encode(x: np.ndarray, ttype: GGMLQuantizationType) -> np.ndarray:
     if ttype == Q.Q4_K:
         return quantize_q4_k(x)
+    if ttype == Q.Q5_K:
+        return quantize_q5_k(x)
     if ttype == Q.Q6_K:
         return quantize_q6_k(x)
     return quantize(x, ttype)
@@ -273,27 +276,46 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
 
 def quantize_q4_k(x: np.ndarray) -> np.ndarray:
     """float32 [..., n*256] -> Q4_K bytes: per 32 values a 6-bit scale and min, q in [0, 15]."""
-    shape = x.shape
+    head, q = _k_blocks(x, 15)
+    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(len(q), 128)
+    return _k_rows(x.shape, np.concatenate([head, qs], -1))
+
+
+def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    """float32 [..., n*256] -> Q5_K bytes: Q4_K's scales, q in [0, 31] (the fifth bits in qh)."""
+    head, q = _k_blocks(x, 31)
+    nb = len(q)
+    qs = ((q[:, :, 0] & 0x0F) | ((q[:, :, 1] & 0x0F) << 4)).reshape(nb, 128)
+    fifth = (q >> 4).reshape(nb, 8, 32)              # bit i of qh byte l: the fifth bit of value 32i + l
+    qh = np.bitwise_or.reduce(fifth << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    return _k_rows(x.shape, np.concatenate([head, qh, qs], -1))
+
+
+def _k_rows(shape: tuple[int, ...], blocks: np.ndarray) -> np.ndarray:
+    return blocks.reshape(*shape[:-1], shape[-1] // QK_K * blocks.shape[-1])
+
+
+def _k_blocks(x: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K's shared part: per super-block d, dmin and the 12 packed scale bytes [nb, 16], and
+    the quants q in [0, qmax] as uint8 [nb, 4, 2, 32] (chunk of 64, its two sub-blocks of 32)."""
     sub = x.reshape(-1, 8, 32).astype(np.float32)
     nb = sub.shape[0]
     lo = np.minimum(sub.min(-1), 0)  # value = d*sc*q - dmin*m, with m >= 0
-    scale, minv = (sub.max(-1) - lo) / 15, -lo
+    scale, minv = (sub.max(-1) - lo) / qmax, -lo
     d16, d = _fp16_scale(scale.max(-1) / 63)
     dmin16, dmin = _fp16_scale(minv.max(-1) / 63)
     sc = np.clip(np.rint(scale / d[:, None]), 0, 63).astype(np.uint8)
     m = np.clip(np.rint(minv / dmin[:, None]), 0, 63).astype(np.uint8)
     step = d[:, None] * sc
     q = np.rint((sub + (dmin[:, None] * m)[..., None]) / np.where(step == 0, 1, step)[..., None])
-    q = np.clip(q, 0, 15).astype(np.uint8).reshape(nb, 4, 2, 32)
-    qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(nb, 128)
+    q = np.clip(q, 0, qmax).astype(np.uint8).reshape(nb, 4, 2, 32)
     # 12 scale bytes: 6 low bits of sc/m 0-3, then nibbles of sc/m 4-7 with their top 2 bits above
     scales = np.concatenate([
         sc[:, :4] | ((sc[:, 4:] >> 4) << 6),
         m[:, :4] | ((m[:, 4:] >> 4) << 6),
         (sc[:, 4:] & 0x0F) | ((m[:, 4:] & 0x0F) << 4),
     ], -1)
-    blocks = np.concatenate([d16.reshape(nb, 1).view(np.uint8), dmin16.reshape(nb, 1).view(np.uint8), scales, qs], -1)
-    return blocks.reshape(*shape[:-1], shape[-1] // QK_K * blocks.shape[-1])
+    return np.concatenate([d16.reshape(nb, 1).view(np.uint8), dmin16.reshape(nb, 1).view(np.uint8), scales], -1), q
 
 
 # --- metadata -----------------------------------------------------------------------------

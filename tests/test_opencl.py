@@ -18,7 +18,7 @@ from support import assert_close_to_llama_cpp, closeness, opencl_missing
 import localllm
 from localllm.errors import LocalLLMError
 from localllm.gguf_file import Tensor
-from localllm.synthetic import quantize_q4_k, quantize_q6_k
+from localllm.synthetic import quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 if opencl_missing():
     pytest.skip(opencl_missing(), allow_module_level=True)
@@ -29,7 +29,7 @@ from localllm.backend.opencl.weights import host_layout  # noqa: E402
 DEVICES = list_devices()
 
 KERNEL_DIR = Path(cl_device.__file__).resolve().parents[3] / "kernels" / "opencl"
-WEIGHT_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F16, QT.F32, QT.BF16, QT.Q4_K, QT.Q6_K]
+WEIGHT_TYPES = [QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q5_0, QT.F16, QT.F32, QT.BF16, QT.Q4_K, QT.Q5_K, QT.Q6_K]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,8 @@ def _tensor(w: np.ndarray, qtype: QT, name: str = "w") -> Tensor:
     """A GGUF-like tensor of w [n, k] encoded as qtype."""
     if qtype == QT.Q4_K:
         data = quantize_q4_k(w)
+    elif qtype == QT.Q5_K:
+        data = quantize_q5_k(w)
     elif qtype == QT.Q6_K:
         data = quantize_q6_k(w)
     elif qtype == QT.F32:
@@ -102,7 +104,9 @@ def test_q5_0_becomes_q8_0_exactly():
 def test_runs_as_names_every_conversion(be):
     w = np.ones((2, 256), dtype=np.float32)
     said = {t: be.runs_as(_tensor(w, t)) for t in WEIGHT_TYPES}
-    assert "as is" in said[QT.Q4_0] and "lossless" in said[QT.Q5_0] and "F16 (rounded)" in said[QT.Q6_K]
+    q5_1 = Tensor("w", QT.Q5_1, (2, 256), np.zeros((2, 192), dtype=np.uint8))   # no encoder: any bytes
+    assert "as is" in said[QT.Q4_0] and "lossless" in said[QT.Q5_0] and "F16 (rounded)" in be.runs_as(q5_1)
+    assert all("repacked (lossless), q" in said[t] for t in (QT.Q4_K, QT.Q5_K, QT.Q6_K))
 
 
 def test_device_array_views(be):
@@ -127,11 +131,11 @@ def tiny_llama(request, tmp_path_factory):
     llm.close()
 
 
-def _decode(model, prompt: list[int], steps: list[int], replay: bool) -> np.ndarray:
+def _decode(model, prompt: list[int], steps: list[int], replay: bool, kv_type: str = "f16") -> np.ndarray:
     """Logits of each step after a prefill of `prompt`, on a fresh cache."""
     be, c = model.ops, model.cfg
     be.replay = replay
-    cache = be.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+    cache = be.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v, kv_type)
     model.forward(np.array(prompt), cache)
     cache.tokens.extend(prompt)
     out = []
@@ -162,6 +166,69 @@ def test_replayed_decode_equals_op_by_op(tiny_llama):
         names = {s[1].function_name for p in be._plans[cache].values() for s in p.steps}
         assert {"gemv3_rope_kv_q4_0_f32", "gemv_swiglu_q4_0_f32", "gemv_add_q4_0_f32"} <= names
         assert not names & {"rms_norm_f32", "add_f32", "swiglu_f32", "rope_f32", "kv_store_f16"}
+
+
+@pytest.mark.parametrize("body,head", [("Q4_K", "Q6_K"), ("Q5_K", "Q5_K")])
+def test_k_quant_decode_on_their_own_kernels(tmp_path, body, head):
+    """A Q4_K llama with a Q6_K head (Q5_K with Q5_K), GPU kernels forced: the fused decode step
+    multiplies the k-quants' own layouts (no float16 copies), replays equal the op-by-op forward,
+    and the logits stay within 1e-4 of the largest of the numpy reference's (same weights;
+    float32 sums in another order, the same float16 KV cache)."""
+    from localllm.synthetic import make_random_gguf
+    path = make_random_gguf(tmp_path / "k.gguf", dim=256, n_layers=1, n_heads=4, n_kv_heads=2, ffn=256,
+                            vocab=300, n_ctx=64, tensor_type=body, output_type=head)
+    prompt, steps = [1, 17, 200], [5, 250, 9]
+    llm = localllm.load(path, backend="opencl", n_ctx=64)
+    try:
+        llm.backend.dev.tiled = True
+        body, head = body.lower(), head.lower()
+        assert {w.kind for w in llm.model.weights.values() if hasattr(w, "kind")} == {body, head}
+        want = _decode(llm.model, prompt, steps, replay=False)
+        np.testing.assert_array_equal(_decode(llm.model, prompt, steps, replay=True), want)
+        c = llm.model.cfg
+        cache = llm.backend.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v)
+        llm.model.forward(np.array([1]), cache)
+        names = {s[1].function_name for p in llm.backend._plans[cache].values() for s in p.steps}
+        assert {f"gemv3_rope_kv_{body}_f32", f"gemv_swiglu_{body}_f32", f"gemv_add_{body}_f32",
+                f"gemv_norm_{head}_f32"} <= names
+    finally:
+        llm.close()
+    logits = _numpy_logits(path, prompt + steps)[len(prompt):]
+    _close(want, logits, np.abs(logits).max(), 1e-4)
+
+
+def _numpy_logits(path, tokens: list[int], kv_type: str = "f16") -> np.ndarray:
+    """The numpy reference's logits at every position of `tokens` (one forward: the cache rows
+    are the same as step by step)."""
+    ref = localllm.load(path, backend="numpy", n_ctx=64)
+    try:
+        c = ref.model.cfg
+        cache = ref.backend.new_kv_cache(c.n_layers, 64, c.n_kv_heads, c.head_dim_k, c.head_dim_v, kv_type)
+        return ref.model.forward(np.array(tokens), cache, all_logits=True)
+    finally:
+        ref.close()
+
+
+def test_q8_0_kv_cache_follows_the_numpy_backend(tmp_path):
+    """kv_type="q8_0" on the device, GPU kernels forced: replayed decode steps equal the op-by-op
+    ones, and the logits stay within 1e-4 of the largest of the numpy backend's with its q8_0
+    cache (the same quantized rows; float32 sums in another order)."""
+    from localllm.synthetic import make_random_gguf
+    path = make_random_gguf(tmp_path / "m.gguf", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, vocab=300,
+                            n_ctx=64, tensor_type="Q8_0")
+    prompt, steps = [1, 17, 200, 3, 99], [5, 250, 9, 42]
+    llm = localllm.load(path, backend="opencl", n_ctx=64, kv_type="q8_0")
+    try:
+        llm.backend.dev.tiled = True
+        want = _decode(llm.model, prompt, steps, replay=False, kv_type="q8_0")
+        np.testing.assert_array_equal(_decode(llm.model, prompt, steps, replay=True, kv_type="q8_0"), want)
+        assert llm.backend.replays >= len(steps) - 1
+        f16 = llm.model.ops.new_kv_cache(2, 64, 2, 32, 32)
+        assert llm.model.ops.new_kv_cache(2, 64, 2, 32, 32, "q8_0").nbytes / f16.nbytes == (1 + 2 / 32) / 2
+    finally:
+        llm.close()
+    logits = _numpy_logits(path, prompt + steps, "q8_0")[len(prompt):]
+    _close(want, logits, np.abs(logits).max(), 1e-4)
 
 
 def test_replay_survives_rollback(tiny_llama):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import load_reference
+from support import load_reference, needs_opencl
 
 import localllm
 from localllm.synthetic import make_random_gguf
@@ -25,9 +25,23 @@ PROMPTS = ["the cat sat on the mat", "hello world, hello", "one two three one tw
 
 @pytest.mark.parametrize("mode", ["self-draft", "other-draft", "lookup", "other-draft+lookup"])
 def test_greedy_speculation_equals_plain_greedy(tiny_files, mode):
+    _check_greedy_speculation(tiny_files, mode, "cpu")
+
+
+@needs_opencl()
+@pytest.mark.parametrize("mode", ["self-draft", "other-draft"])
+def test_greedy_speculation_on_opencl_equals_plain_greedy(tiny_files, mode):
+    """Target and draft on the OpenCL device (one backend: one context, one memory ledger); the
+    draft's one-token steps are replayed there."""
+    spec = _check_greedy_speculation(tiny_files, mode, "opencl")
+    assert spec.draft.backend is spec.backend and spec.backend.replays > 0
+
+
+def _check_greedy_speculation(tiny_files, mode: str, backend: str) -> localllm.LLM:
     target, draft = tiny_files
-    plain = localllm.load(target)
-    spec = localllm.load(target, draft=target if mode == "self-draft" else draft if "draft" in mode else None,
+    plain = localllm.load(target, backend=backend)
+    spec = localllm.load(target, backend=backend,
+                         draft=target if mode == "self-draft" else draft if "draft" in mode else None,
                          lookup="lookup" in mode,
                          draft_p_min=0.0)     # random weights: the draft is never sure (see the p_min test)
     for prompt in PROMPTS:
@@ -38,6 +52,7 @@ def test_greedy_speculation_equals_plain_greedy(tiny_files, mode):
     assert spec.last_stats.get("draft_proposed", 0) >= spec.last_stats.get("draft_accepted", 0)
     if mode == "self-draft":
         assert spec.last_stats["draft_accepted"] == spec.last_stats["draft_proposed"] > 0
+    return spec
 
 
 def test_greedy_speculation_on_reference_prompts(smollm2_path):

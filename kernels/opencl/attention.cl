@@ -1,5 +1,10 @@
-// Attention over a device-resident float16 KV cache, one layer's buffers:
-//   kc [n_ctx, KV, dk], vc [n_ctx, KV, dv] (half, stored with round-to-nearest-even).
+// Attention over a device-resident KV cache, one layer's buffers, of one of two kinds:
+//   KV_F16   kc [n_ctx, KV, dk], vc [n_ctx, KV, dv] (half, stored with round-to-nearest-even)
+//   KV_Q8_0  kc, vc the same shapes in int8, kd [n_ctx, KV, dk/32], vd [..., dv/32] half scales:
+//            each 32 values x stored as q = rint(x * (1 / d)), d = max|x| / 127 (rounded to half
+//            for storage), read as d * q: localllm/kv_cache.py's quantize_q8_0
+#define KV_F16 0
+#define KV_Q8_0 1
 
 // Write the new rows k [T, KV, dk], v [T, KV, dv] at positions pos[0].. (pos [T] on the device).
 // Launch: global max(nk, nv).
@@ -75,8 +80,53 @@ __kernel void NAME(WKARGS(w), WKARGS(b), WKARGS(c), \
 GEMV3_ROPE_KV(gemv3_rope_kv_q4_0_f32, W_Q4_0)
 GEMV3_ROPE_KV(gemv3_rope_kv_q4_1_f32, W_Q4_1)
 GEMV3_ROPE_KV(gemv3_rope_kv_q8_0_f32, W_Q8_0)
+GEMV3_ROPE_KV(gemv3_rope_kv_q4_k_f32, W_Q4_K)
+GEMV3_ROPE_KV(gemv3_rope_kv_q5_k_f32, W_Q5_K)
+GEMV3_ROPE_KV(gemv3_rope_kv_q6_k_f32, W_Q6_K)
 GEMV3_ROPE_KV(gemv3_rope_kv_f16_f32, W_F16)
 GEMV3_ROPE_KV(gemv3_rope_kv_f32_f32, W_F32)
+
+// The Q8_0 rows k [T, KV, dk], v [T, KV, dv] (one work-item per 32-value block) at positions
+// pos[0].. of the caches. Launch: global max(nk, nv) / 32.
+__kernel void kv_store_q8_0(__global const float *k, __global const float *v, __global char *kc, __global half *kd,
+                            __global char *vc, __global half *vd, __global const int *pos, int row_k, int row_v,
+                            int nk, int nv)
+{
+    int b = get_global_id(0), pos0 = pos[0];
+    for (int which = 0; which < 2; which++) {
+        __global const float *x = which ? v : k;
+        int n = which ? nv : nk;
+        size_t at = (size_t)pos0 * (which ? row_v : row_k) + b * 32;
+        if (b * 32 >= n) continue;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmax(amax, fabs(x[b * 32 + j]));
+        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 32; j++) (which ? vc : kc)[at + j] = (char)rint(x[b * 32 + j] * inv);
+        vstore_half_rte(d, at / 32, which ? vd : kd);
+    }
+}
+
+// Sixteen values of a cached K row from element i (a multiple of 16) as four float4.
+inline void kv_load16(const int kvt, __global const uchar *c, __global const half *cd, size_t row, int dk, int i,
+                      float4 *v)
+{
+    if (kvt == KV_F16) {
+        load_h16((__global const half *)c + row * dk + i, v);
+        return;
+    }
+    char16 q = as_char16(*(__global const uint4 *)(c + row * dk + i));   // rows are 32-byte aligned
+    float d = vload_half((row * dk + i) / 32, cd);
+    v[0] = d * convert_float4(q.s0123);
+    v[1] = d * convert_float4(q.s4567);
+    v[2] = d * convert_float4(q.s89ab);
+    v[3] = d * convert_float4(q.scdef);
+}
+
+// Cached value at flat element index e.
+inline float kv_at(const int kvt, __global const uchar *c, __global const half *cd, size_t e)
+{
+    return kvt == KV_F16 ? vload_half(e, (__global const half *)c) : vload_half(e / 32, cd) * (float)((__global const char *)c)[e];
+}
 
 #define VB 8   // keys per batch of V loads in attention
 
@@ -115,15 +165,14 @@ inline float team_max(__local float *p, float v, int tl)
 // layers); softcap > 0 caps each scaled score at softcap * tanh(s / softcap). pos [T]: the tokens' positions (consecutive). q [T, H, dk] (`scale` multiplies the
 // scores), out [T, H, dv].
 // Launch: global (H * ATT_NS * ATT_LS, T), local (ATT_NS * ATT_LS, 1).
-__kernel void attention_f32_f16kv(__global const float *q, __global const half *kc,
-                                  __global const half *vc, __global float *out, int H, int KV,
-                                  int dk, int dv, __global const int *pos, float scale, int window,
-                                  float softcap)
+// Local memory (the kernels below declare it): qs [MAX_DK]; p [ATT_NS * ATT_LS] each team's
+// chunk weights; ml [2 * ATT_NS] each team's running max, then sum; vs [ATT_NS * MAX_DV_PER *
+// ATT_LS] each team's V sums.
+inline void attention(const int kvt, __global const float *q, __global const uchar *kc, __global const half *kd,
+                      __global const uchar *vc, __global const half *vd, __global float *out, int H, int KV,
+                      int dk, int dv, __global const int *pos, float scale, int window, float softcap,
+                      __local float *qs, __local float *p, __local float *ml, __local float *vs)
 {
-    __local float qs[MAX_DK];
-    __local float p[ATT_NS * ATT_LS];                  // each team's chunk weights
-    __local float ml[2 * ATT_NS];                      // each team's running max, then sum
-    __local float vs[ATT_NS * MAX_DV_PER * ATT_LS];    // each team's V sums
     int lid = get_local_id(0), team = lid / ATT_LS, tl = lid % ATT_LS;
     int h = get_group_id(0), t = get_group_id(1), pos0 = pos[0];
     int g = h / (H / KV), qpos = pos0 + t, nr = (dv + ATT_LS - 1) / ATT_LS;   // V dims per lane
@@ -139,14 +188,16 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
         int c0 = c + team * ATT_LS, s = c0 + tl, n_in = clamp(s_end - c0, 0, ATT_LS);
         float sc = -INFINITY;
         if (s < s_end) {
-            __global const half *kr = kc + ((size_t)s * KV + g) * dk;
+            size_t row = (size_t)s * KV + g;
+            __global const half *kr = (__global const half *)kc + row * dk;   // float16 only
             float dotp = 0.0f;
             int i = 0;
-            for (; i + 16 <= dk; i += 16) {        // 16 halfs loaded before the first fma
+            for (; i + 16 <= dk; i += 16) {        // 16 values loaded before the first fma
                 float4 kv[4];
-                load_h16(kr + i, kv);
+                kv_load16(kvt, kc, kd, row, dk, i, kv);
                 for (int u = 0; u < 4; u++) dotp = dot4_fma(vload4(u, qs + i), kv[u], dotp);
             }
+            // Q8_0 rows are whole 32-blocks: only float16 rows have a tail
             for (; i + 4 <= dk; i += 4) dotp = dot4_fma(vload4(0, qs + i), vload_half4(0, kr + i), dotp);
             for (; i < dk; i++) dotp = fma(qs[i], vload_half(i, kr), dotp);
             sc = dotp * scale;
@@ -163,21 +214,21 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
         // time paid a load latency each); the fmas keep the key order
         int j = 0;
         for (; j + VB <= n_in; j += VB) {
-            __global const half *vr = vc + ((size_t)(c0 + j) * KV + g) * dv + tl;
+            size_t vr = ((size_t)(c0 + j) * KV + g) * dv + tl;
             for (int u = 0; u < VB; u++) l += pt[j + u];
             for (int r = 0; r < nr; r++) {
                 if (tl + r * ATT_LS >= dv) continue;
                 float vv[VB];
-                for (int u = 0; u < VB; u++) vv[u] = vload_half(r * ATT_LS + u * KV * dv, vr);
+                for (int u = 0; u < VB; u++) vv[u] = kv_at(kvt, vc, vd, vr + r * ATT_LS + u * KV * dv);
                 for (int u = 0; u < VB; u++) acc[r] = fma(pt[j + u], vv[u], acc[r]);
             }
         }
         for (; j < n_in; j++) {
             float pj = pt[j];
-            __global const half *vr = vc + ((size_t)(c0 + j) * KV + g) * dv + tl;
+            size_t vr = ((size_t)(c0 + j) * KV + g) * dv + tl;
             l += pj;
             for (int r = 0; r < nr; r++)
-                if (tl + r * ATT_LS < dv) acc[r] = fma(pj, vload_half(r * ATT_LS, vr), acc[r]);
+                if (tl + r * ATT_LS < dv) acc[r] = fma(pj, kv_at(kvt, vc, vd, vr + r * ATT_LS), acc[r]);
         }
         m = cm;
         barrier(CLK_LOCAL_MEM_FENCE);              // p is rewritten by the next chunk
@@ -204,4 +255,27 @@ __kernel void attention_f32_f16kv(__global const float *q, __global const half *
         for (int j = 0; j < ATT_NS; j++) o += vs[(j * MAX_DV_PER + r) * ATT_LS + tl] * w[j];
         out[((size_t)t * H + h) * dv + e] = o / L;
     }
+}
+
+#define ATTENTION_LOCALS \
+    __local float qs[MAX_DK], p[ATT_NS * ATT_LS], ml[2 * ATT_NS], vs[ATT_NS * MAX_DV_PER * ATT_LS]
+
+__kernel void attention_f32_f16kv(__global const float *q, __global const half *kc,
+                                  __global const half *vc, __global float *out, int H, int KV,
+                                  int dk, int dv, __global const int *pos, float scale, int window,
+                                  float softcap)
+{
+    ATTENTION_LOCALS;
+    attention(KV_F16, q, (__global const uchar *)kc, 0, (__global const uchar *)vc, 0, out, H, KV, dk, dv, pos,
+              scale, window, softcap, qs, p, ml, vs);
+}
+
+__kernel void attention_f32_q8_0kv(__global const float *q, __global const char *kc, __global const half *kd,
+                                   __global const char *vc, __global const half *vd, __global float *out, int H,
+                                   int KV, int dk, int dv, __global const int *pos, float scale, int window,
+                                   float softcap)
+{
+    ATTENTION_LOCALS;
+    attention(KV_Q8_0, q, (__global const uchar *)kc, kd, (__global const uchar *)vc, vd, out, H, KV, dk, dv, pos,
+              scale, window, softcap, qs, p, ml, vs);
 }

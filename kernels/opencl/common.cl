@@ -23,11 +23,21 @@
 //   Q4_1  as Q4_0 plus wm: f16 [n, k/32]                                 w = d * q + m
 //   Q8_0  wq: i8 [n, k], wd: f16 [n, k/32]                              w = d * q
 //   F16   wq: f16 [n, k];  F32  wq: f32 [n, k]   (wd, wm unused)
+//   Q4_K  per super-block of 256 (sb): wq: u8 [128] ggml's order (byte l of 64-column chunk c
+//         holds columns 64c + l low, 64c + 32 + l high), wd: f16 [2] (d, dmin), wm: u8 [16]:
+//         per chunk c (sc, sc', m, m') of its sub-blocks 2c, 2c+1     w = d*sc * q - dmin*m
+//   Q5_K  as Q4_K, wq: u8 [160] ggml's qh [32] (bit i of byte l: the fifth bit of column 32i + l)
+//         then the 128 nibble bytes                                  w = d*sc * q - dmin*m
+//   Q6_K  per super-block: wq: u8 [192] ggml's ql [128] then qh [64], wd: f16 d, wm: i8 [16]:
+//         per 128-column half h and j < 4 (sc[8h+j], sc[8h+j+4])     w = d*sc * (q - 32)
 #define W_Q4_0 0
 #define W_Q4_1 1
 #define W_Q8_0 2
 #define W_F16 3
 #define W_F32 4
+#define W_Q4_K 5
+#define W_Q6_K 6
+#define W_Q5_K 7
 
 #define WARGS __global const uchar *wq, __global const half *wd, __global const half *wm
 #define WPASS wq, wd, wm
@@ -41,9 +51,38 @@
 #define WUNPACK(p) __global const half *p##d = (__global const half *)(p##q + p##d_off), \
                                         *p##m = (__global const half *)(p##q + p##m_off)
 
+// Four consecutive elements w[row, e..e+3] of a k-quant, e a multiple of 4 (one sub-block).
+inline float4 load4_k(const int wt, WARGS, size_t row, int e, int k)
+{
+    size_t sb = row * (size_t)(k / 256) + e / 256;
+    int j = e % 256;
+    if (wt == W_Q4_K || wt == W_Q5_K) {
+        int hi = (j >> 5) & 1, q5 = wt == W_Q5_K;          // the chunk's second sub-block: high nibbles
+        __global const uchar *blk = wq + sb * (q5 ? 160 : 128);
+        uchar4 b = vload4(0, blk + q5 * 32 + (j >> 6) * 32 + (j & 31));
+        uchar4 q = hi ? b >> (uchar4)4 : b & (uchar4)15;
+        if (q5) q |= ((vload4(0, blk + (j & 31)) >> (uchar4)(j >> 5)) & (uchar4)1) << (uchar4)4;
+        uint s = ((__global const uint *)wm)[sb * 4 + (j >> 6)] >> (8 * hi);
+        float d = vload_half(2 * sb, wd) * (float)(s & 255u), m = vload_half(2 * sb + 1, wd) * (float)((s >> 16) & 255u);
+        return d * convert_float4(q) - m;
+    }
+    int h = j >> 7, p = j & 63, up = (j >> 6) & 1;          // Q6_K: half, ql byte, high nibbles
+    __global const uchar *blk = wq + sb * 192;
+    uchar4 ql = vload4(0, blk + h * 64 + p), qh = vload4(0, blk + 128 + h * 32 + (p & 31));
+    uchar4 q = (up ? ql >> (uchar4)4 : ql & (uchar4)15) | (((qh >> (uchar4)(2 * (p >> 5) + 4 * up)) & (uchar4)3) << (uchar4)4);
+    int sub = (j & 127) >> 4;                               // sub-block of 16 within the half
+    float sc = (float)((__global const char *)wm)[sb * 16 + h * 8 + 2 * (sub & 3) + (sub >> 2)];
+    return vload_half(sb, wd) * sc * (convert_float4(q) - 32.0f);
+}
+
 // One element w[row, e] (embedding lookups: speed does not matter there).
 inline float load1(const int wt, WARGS, size_t row, int e, int k)
 {
+    if (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K) {
+        float4 v = load4_k(wt, WPASS, row, e & ~3, k);
+        int i = e & 3;
+        return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+    }
     size_t blk = row * (size_t)(k / 32) + e / 32;
     int j = e % 32;
     switch (wt) {
@@ -74,6 +113,8 @@ inline float4 load4(const int wt, WARGS, size_t row, int e, int k)
         }
         return v;
     }
+    if (wt == W_Q4_K || wt == W_Q5_K || wt == W_Q6_K)
+        return load4_k(wt, WPASS, row, e, k);
     size_t blk = row * (size_t)(k / 32) + e / 32;
     int j = e % 32;
     float d = vload_half(blk, wd);

@@ -12,14 +12,19 @@ inline float dot16(float8 a, float8 b, float8 c, float8 e)
 // Offset in x of unit u's first eight activations (see unit_w).
 inline int unit_x(const int wt, int u)
 {
+    if (wt == W_Q4_K || wt == W_Q5_K) return (u >> 2) * 64 + (u & 3) * 8;    // 8 bytes of a 64-column chunk
+    if (wt == W_Q6_K) return (u >> 3) * 128 + (u & 7) * 8;   // 8 ql bytes of a 128-column half
     return wt == W_Q4_0 || wt == W_Q4_1 ? (u >> 1) * 32 + (u & 1) * 8 : u * 16;
 }
 
 // A unit of a row: 16 weights (half a 32-block) as stored, loaded before they are needed (a
 // lane issues the next unit's loads, and a fused norm's, before this unit's arithmetic).
 // Q4_0/Q4_1: a.xy the 8 quant bytes, d (and m); Q8_0: a the 16 quants, d; F16: a, b the 16
-// halfs; F32: a, b, c, e the 16 floats' bits. The fields a kind does not use are dropped by the
-// compiler (wt is a constant in every kernel).
+// halfs; F32: a, b, c, e the 16 floats' bits; Q4_K: a.xy the 8 quant bytes, a.z the unit's
+// (sc, sc', m, m'), d and m the super-block's d and dmin; Q5_K: as Q4_K, b.xy the matching qh
+// bytes shifted to this unit's bits; Q6_K: a.xy the 8 ql bytes, a.zw the
+// matching qh bytes shifted to this unit's bits, a.z of b its two scales, d. The fields a kind
+// does not use are dropped by the compiler (wt is a constant in every kernel).
 typedef struct { uint4 a, b, c, e; float d, m; } unit_t;
 
 inline unit_t unit_load(const int wt, WARGS, size_t row, int u, int k)
@@ -35,6 +40,25 @@ inline unit_t unit_load(const int wt, WARGS, size_t row, int u, int k)
     } else if (wt == W_Q8_0) {
         w.a = *(__global const uint4 *)(wq + blk * 32 + h * 16);
         w.d = vload_half(blk, wd);
+    } else if (wt == W_Q4_K || wt == W_Q5_K) {
+        size_t sb = row * (size_t)(k / 256) + (u >> 4);
+        __global const uchar *b = wq + sb * (wt == W_Q5_K ? 160 : 128);
+        if (wt == W_Q5_K) {
+            w.b.xy = *(__global const uint2 *)(b + (u & 3) * 8) >> (uint2)(2 * ((u >> 2) & 3));
+            b += 32;
+        }
+        w.a.xy = *(__global const uint2 *)(b + (u & 15) * 8);
+        w.a.z = ((__global const uint *)wm)[sb * 4 + ((u >> 2) & 3)];
+        w.d = vload_half(2 * sb, wd);
+        w.m = vload_half(2 * sb + 1, wd);
+    } else if (wt == W_Q6_K) {
+        size_t sb = row * (size_t)(k / 256) + (u >> 4);
+        int hf = (u >> 3) & 1, p = (u & 7) * 8;   // ql bytes p..p+7 of the half; qh bits by p's quarter
+        __global const uchar *b = wq + sb * 192;
+        w.a.xy = *(__global const uint2 *)(b + hf * 64 + p);
+        w.a.zw = *(__global const uint2 *)(b + 128 + hf * 32 + (p & 31)) >> (uint2)(2 * (p >> 5));
+        w.b.z = ((__global const ushort *)wm)[sb * 8 + hf * 4 + (p >> 4)];
+        w.d = vload_half(sb, wd);
     } else if (wt == W_F16) {
         __global const half *p = (__global const half *)wq + row * (size_t)k + u * 16;
         if (k % 8 == 0) {                        // rows start 16-byte aligned
@@ -84,6 +108,20 @@ inline void unit_deq(const int wt, unit_t w, float8 *wa, float8 *wb)
         uint4 u = w.a ^ (uint4)0x80808080u;               // int8 q as q + 128 in 0..255
         *wa = w.d * bytes8(u.xy, 0, 255u, 128.0f);
         *wb = w.d * bytes8(u.zw, 0, 255u, 128.0f);
+    } else if (wt == W_Q4_K || wt == W_Q5_K) {            // (d*sc) * q - dmin*m, as ggml
+        uint s = w.a.z;
+        uint2 lo = w.a.xy & 0x0F0F0F0Fu, hi = (w.a.xy >> 4) & 0x0F0F0F0Fu;
+        if (wt == W_Q5_K) {
+            lo |= (w.b.xy & 0x01010101u) << 4;
+            hi |= (w.b.xy & 0x02020202u) << 3;
+        }
+        *wa = w.d * (float)(s & 255u) * bytes8(lo, 0, 255u, 0.0f) - w.m * (float)((s >> 16) & 255u);
+        *wb = w.d * (float)((s >> 8) & 255u) * bytes8(hi, 0, 255u, 0.0f) - w.m * (float)(s >> 24);
+    } else if (wt == W_Q6_K) {                            // (d*sc) * (q - 32), as ggml
+        uint2 lo = (w.a.xy & 0x0F0F0F0Fu) | ((w.a.zw & 0x03030303u) << 4);
+        uint2 hi = ((w.a.xy >> 4) & 0x0F0F0F0Fu) | (w.a.zw & 0x30303030u);
+        *wa = w.d * (float)as_char((uchar)(w.b.z & 255u)) * bytes8(lo, 0, 255u, 32.0f);
+        *wb = w.d * (float)as_char((uchar)(w.b.z >> 8)) * bytes8(hi, 0, 255u, 32.0f);
     } else if (wt == W_F16) {
         uint4 h[2] = {w.a, w.b};
         *wa = vload_half8(0, (const __private half *)h);
@@ -127,7 +165,7 @@ inline int unit_w(const int wt, WARGS, size_t row, int u, int k, float8 *wa, flo
 
 inline int second_half(const int wt)
 {
-    return wt == W_Q4_0 || wt == W_Q4_1 ? 16 : 8;
+    return wt == W_Q4_K || wt == W_Q5_K ? 32 : wt == W_Q6_K ? 64 : wt == W_Q4_0 || wt == W_Q4_1 ? 16 : 8;
 }
 
 // RPW (build-time constant) rows per team of TPR lanes: a lane loads its activation slice once
@@ -312,6 +350,9 @@ __kernel void NAME(WKARGS(w), __global const float *x, __global float *y, int n,
 GEMV(gemv_q4_0_f32, W_Q4_0)
 GEMV(gemv_q4_1_f32, W_Q4_1)
 GEMV(gemv_q8_0_f32, W_Q8_0)
+GEMV(gemv_q4_k_f32, W_Q4_K)
+GEMV(gemv_q5_k_f32, W_Q5_K)
+GEMV(gemv_q6_k_f32, W_Q6_K)
 GEMV(gemv_f16_f32, W_F16)
 GEMV(gemv_f32_f32, W_F32)
 
@@ -327,6 +368,9 @@ __kernel void NAME(WKARGS(w), __global const float *x, __global const float *res
 GEMV_ADD(gemv_add_q4_0_f32, W_Q4_0)
 GEMV_ADD(gemv_add_q4_1_f32, W_Q4_1)
 GEMV_ADD(gemv_add_q8_0_f32, W_Q8_0)
+GEMV_ADD(gemv_add_q4_k_f32, W_Q4_K)
+GEMV_ADD(gemv_add_q5_k_f32, W_Q5_K)
+GEMV_ADD(gemv_add_q6_k_f32, W_Q6_K)
 GEMV_ADD(gemv_add_f16_f32, W_F16)
 GEMV_ADD(gemv_add_f32_f32, W_F32)
 
@@ -339,6 +383,9 @@ __kernel void NAME(WKARGS(w), __global const float *x, __global const float *nw,
 GEMV_NORM(gemv_norm_q4_0_f32, W_Q4_0)
 GEMV_NORM(gemv_norm_q4_1_f32, W_Q4_1)
 GEMV_NORM(gemv_norm_q8_0_f32, W_Q8_0)
+GEMV_NORM(gemv_norm_q4_k_f32, W_Q4_K)
+GEMV_NORM(gemv_norm_q5_k_f32, W_Q5_K)
+GEMV_NORM(gemv_norm_q6_k_f32, W_Q6_K)
 GEMV_NORM(gemv_norm_f16_f32, W_F16)
 GEMV_NORM(gemv_norm_f32_f32, W_F32)
 
@@ -365,6 +412,9 @@ __kernel void NAME(WKARGS(w), WKARGS(u), \
 GEMV_SWIGLU(gemv_swiglu_q4_0_f32, W_Q4_0)
 GEMV_SWIGLU(gemv_swiglu_q4_1_f32, W_Q4_1)
 GEMV_SWIGLU(gemv_swiglu_q8_0_f32, W_Q8_0)
+GEMV_SWIGLU(gemv_swiglu_q4_k_f32, W_Q4_K)
+GEMV_SWIGLU(gemv_swiglu_q5_k_f32, W_Q5_K)
+GEMV_SWIGLU(gemv_swiglu_q6_k_f32, W_Q6_K)
 GEMV_SWIGLU(gemv_swiglu_f16_f32, W_F16)
 GEMV_SWIGLU(gemv_swiglu_f32_f32, W_F32)
 
@@ -402,6 +452,9 @@ __kernel void NAME(WKARGS(w), WKARGS(b), WKARGS(c), \
 GEMV3(gemv3_q4_0_f32, W_Q4_0)
 GEMV3(gemv3_q4_1_f32, W_Q4_1)
 GEMV3(gemv3_q8_0_f32, W_Q8_0)
+GEMV3(gemv3_q4_k_f32, W_Q4_K)
+GEMV3(gemv3_q5_k_f32, W_Q5_K)
+GEMV3(gemv3_q6_k_f32, W_Q6_K)
 GEMV3(gemv3_f16_f32, W_F16)
 GEMV3(gemv3_f32_f32, W_F32)
 
@@ -438,5 +491,8 @@ __kernel void NAME(WKARGS(w), __global const float *x, __global float *y, int n,
 MATMUL_ROWS(matmul_rows_q4_0_f32, W_Q4_0)
 MATMUL_ROWS(matmul_rows_q4_1_f32, W_Q4_1)
 MATMUL_ROWS(matmul_rows_q8_0_f32, W_Q8_0)
+MATMUL_ROWS(matmul_rows_q4_k_f32, W_Q4_K)
+MATMUL_ROWS(matmul_rows_q5_k_f32, W_Q5_K)
+MATMUL_ROWS(matmul_rows_q6_k_f32, W_Q6_K)
 MATMUL_ROWS(matmul_rows_f16_f32, W_F16)
 MATMUL_ROWS(matmul_rows_f32_f32, W_F32)

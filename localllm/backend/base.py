@@ -26,6 +26,8 @@ class CompiledStep(Protocol):
 class Backend(ABC):
     name: str                                # the --backend value that picks it ("cpu", "numpy", "opencl")
     kv_types: tuple[str, ...] = ("f16",)     # KV cache element types its attention reads ("f16", "q8_0", ...)
+    draft_shares = False                     # a draft model runs on the target's instance (one device
+                                             # context and memory ledger for both)
 
     # --- weights --------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from .. import rope
 from ..base import Backend
 from . import weights
 from .device import ENV_DEVICE, MAX_DK, MAX_DV_PER, cl, open_device
-from .kv import DeviceKVCache
+from .kv import KV_TYPES, DeviceKVCache
 from .replay import DecodePlan, Recorder
 from .weights import DeviceWeight
 
@@ -72,6 +72,8 @@ class DeviceArray:
 
 class OpenCLBackend(Backend):
     name = "opencl"
+    kv_types = KV_TYPES
+    draft_shares = True   # per-model state is keyed by model and cache (the decode plans)
 
     def __init__(self, threads: int | None = None, device: str | None = None) -> None:
         ocl = cl()
@@ -103,11 +105,11 @@ class OpenCLBackend(Backend):
         return weights.upload(self.dev, tensor, tensor.name)
 
     def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim_k: int,
-                     head_dim_v: int) -> DeviceKVCache:
+                     head_dim_v: int, kv_type: str = "f16") -> DeviceKVCache:
         if head_dim_k > MAX_DK or head_dim_v > MAX_DV_PER * self.dev.att_ls:
             raise UnsupportedModelError(f"head dims {head_dim_k}/{head_dim_v} exceed the OpenCL attention "
                                         f"kernel's {MAX_DK}/{MAX_DV_PER * self.dev.att_ls}")
-        return DeviceKVCache(self.dev, n_layers, n_ctx, n_kv_heads, head_dim_k, head_dim_v)
+        return DeviceKVCache(self.dev, n_layers, n_ctx, n_kv_heads, head_dim_k, head_dim_v, kv_type)
 
     # --- plumbing -----------------------------------------------------------------------------
     def _empty(self, shape: tuple[int, ...]) -> DeviceArray:
@@ -246,11 +248,17 @@ class OpenCLBackend(Backend):
             raise ContextOverflowError(f"positions {pos0}..{pos0 + T} do not fit the context of {cache.n_ctx}")
         nk, nv = k.size, v.size
         pos = self._pos(np.arange(pos0, pos0 + T)).buf                       # [T]
-        self._run("kv_store_f16", (-(-max(nk, nv) // EW_LS) * EW_LS,), (EW_LS,), k.buf, v.buf, cache.k[layer],
-                  cache.v[layer], pos, np.int32(cache.row_k), np.int32(cache.row_v), np.int32(nk), np.int32(nv))
+        sizes = (np.int32(cache.row_k), np.int32(cache.row_v), np.int32(nk), np.int32(nv))
+        if cache.kv_type == "q8_0":      # one work-item per 32 values
+            kv = (cache.k[layer], cache.k_d[layer], cache.v[layer], cache.v_d[layer])
+            self._run("kv_store_q8_0", (-(-max(nk, nv) // (32 * EW_LS)) * EW_LS,), (EW_LS,), k.buf, v.buf, *kv, pos,
+                      *sizes)
+        else:
+            kv = (cache.k[layer], cache.v[layer])
+            self._run("kv_store_f16", (-(-max(nk, nv) // EW_LS) * EW_LS,), (EW_LS,), k.buf, v.buf, *kv, pos, *sizes)
         out = self._empty((T, H * dv))                                       # [T, H*dv]
         ls = self.dev.att_ls * self.dev.att_ns
-        self._run("attention_f32_f16kv", (H * ls, T), (ls, 1), q.buf, cache.k[layer], cache.v[layer], out.buf,
+        self._run(f"attention_f32_{cache.kv_type}kv", (H * ls, T), (ls, 1), q.buf, *kv, out.buf,
                   np.int32(H), np.int32(kv_heads), np.int32(dk), np.int32(dv), pos, np.float32(scale),
                   np.int32(window), np.float32(softcap))
         return out

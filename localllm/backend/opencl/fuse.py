@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .weights import KINDS
+
 NO_EPS = np.float32(0)   # the eps argument of a product with no fused norm (nw is null)
 
 
@@ -40,8 +42,8 @@ def _bufs(args: tuple) -> list[Any]:
     return [a for a in args if not isinstance(a, np.generic)]
 
 
-GEMV = re.compile(r"gemv_(q4_0|q4_1|q8_0|f16|f32)_f32")
-FAMILY = re.compile(r"(gemv|gemv3|gemv_swiglu)_(?:q4_0|q4_1|q8_0|f16|f32)_f32")
+GEMV = re.compile(rf"gemv_({'|'.join(KINDS)})_f32")
+FAMILY = re.compile(rf"(gemv|gemv3|gemv_swiglu)_(?:{'|'.join(KINDS)})_f32")
 
 
 def _gemv_kind(name: str) -> str | None:
